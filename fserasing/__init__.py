@@ -1,0 +1,1 @@
+"""fserasing package."""

@@ -1,0 +1,7 @@
+"""Face parsing: label sets, synthetic faces, parser models and readers."""
+
+from parsing.errors import DataError, InputError, LabelError
+from parsing.labels import FSE10, FSE25, LabelSet, convert, get_label_set
+
+__all__ = ["DataError", "FSE10", "FSE25", "InputError", "LabelError", "LabelSet", "convert",
+           "get_label_set"]

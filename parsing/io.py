@@ -1,0 +1,76 @@
+"""Reading and writing images, label maps and checkpoints, with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from parsing.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label PNG as (H, W) uint8 ids."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(f"{path}: label maps must be single-channel, got mode {im.mode}")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such label map") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable label map ({exc})") from None
+    if arr.max(initial=0) > 255:
+        raise DataError(f"{path}: label ids above 255")
+    return arr.astype(np.uint8)
+
+
+def write_label_map(path: str | os.PathLike, label_map: np.ndarray | torch.Tensor) -> None:
+    """Write (H, W) integer ids as an 8-bit single-channel PNG."""
+    arr = np.asarray(torch.as_tensor(label_map).cpu(), dtype=np.uint8)
+    Image.fromarray(arr, mode="L").save(path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``: no code runs)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises several types for truncated/unsafe files
+        reason = f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None
