@@ -127,11 +127,11 @@ class ParsingDataset(Dataset):
 
 
 def _image_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(read_image(path))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1)  # copy: PIL's is read-only
 
 
 def _label_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(read_label_map(path))
+    return torch.from_numpy(np.array(read_label_map(path)))
 
 
 def _read_anno_list(path: Path) -> list[int]:

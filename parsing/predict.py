@@ -70,7 +70,7 @@ class ImageFiles(Dataset):
             if self.skip_bad:
                 return BadSample(str(exc))
             raise
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
         return image.float().div_(127.5).sub_(1.0), i
 
 
