@@ -13,7 +13,7 @@ from torch import nn
 from parsing.errors import DataError, InputError
 from parsing.io import load_checkpoint
 from parsing.labels import LabelSet, get_label_set
-from parsing.models import create_model
+from parsing.models import create_model, fuse_batchnorm
 
 __all__ = ["Parser", "model_from_checkpoint"]
 
@@ -51,9 +51,14 @@ class Parser:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        batch_size: int = 64) -> Parser:
-        """Load a ``parsing.train`` checkpoint (``weights_only=True``) onto ``device``."""
+                        batch_size: int = 64, fuse: bool = True) -> Parser:
+        """Load a ``parsing.train`` checkpoint (``weights_only=True``) onto ``device``.
+
+        ``fuse`` folds BatchNorm into the convolutions (faster; same labels up to rounding).
+        """
         model, ckpt = model_from_checkpoint(path, device)
+        if fuse:
+            fuse_batchnorm(model)
         return cls(model, ckpt["label_set"], ckpt.get("image_size"), batch_size)
 
     @property

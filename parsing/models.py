@@ -1,9 +1,10 @@
 """Face parser networks and their registry: ``create_model("unet_r18", num_classes=25)``.
 
 * ``unet_r18``: U-Net with a ResNet-18 encoder (SPEC §6). A 3x3 stride-1 stem keeps full
-  resolution for the first skip, so 112x112 aligned faces keep their detail; four stages of two
-  torchvision ``BasicBlock`` s at strides 2, 4, 8, 16; each decoder step is a 2x2 transposed
-  convolution, concatenation with the encoder feature of that stride and two 3x3 convolutions;
+  resolution for the first skip, so 112x112 aligned faces keep their detail (as in IResNet);
+  four stages of two torchvision ``BasicBlock`` s at strides 2, 4, 8, 16; each decoder step
+  is a 2x2 transposed convolution, concatenation with the encoder feature of that stride and
+  two 3x3 convolutions (widths 128, 64, 32, 16 at strides 8, 4, 2, 1, as smp's Unet);
   a 1x1 classifier gives the logits.
 * ``unet_timm:<name>``: the same decoder on any timm encoder (``features_only=True``, random
   weights: nothing is downloaded).
@@ -23,11 +24,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock
 
 from parsing.errors import InputError
 
-__all__ = ["ParserOutput", "UNet", "SCANet", "create_model", "list_models", "register_model"]
+__all__ = ["ParserOutput", "UNet", "SCANet", "create_model", "fuse_batchnorm", "list_models",
+           "register_model"]
 
 
 class ParserOutput(NamedTuple):
@@ -264,7 +267,8 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def _default_decoder(width: int) -> tuple[int, ...]:
-    return (4 * width, 2 * width, width, max(1, width // 2))
+    # smp's Unet widths per stride (128, 64, 32, 16 at strides 8, 4, 2, 1), scaled by width / 64
+    return tuple(max(8, width * c // 64) for c in (128, 64, 32, 16))
 
 
 @register_model("unet_r18")
@@ -294,6 +298,25 @@ def unet_timm(encoder: str, num_classes: int = 25,
     dec = decoder_channels or tuple(max(16, 256 >> i) for i in range(n))
     model = UNet(enc, num_classes, dec)
     _init_weights(model.decoder)
+    return model
+
+
+@torch.no_grad()
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that follows a convolution into it, in place (eval mode only).
+
+    Covers ``Sequential(conv, bn, ...)`` and torchvision ``BasicBlock`` s, i.e. all of
+    ``unet_r18``/``scanet``; the outputs change only by float rounding.
+    """
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.Sequential):
+            for i in range(len(m) - 1):
+                if isinstance(m[i], nn.Conv2d) and isinstance(m[i + 1], nn.BatchNorm2d):
+                    m[i], m[i + 1] = fuse_conv_bn_eval(m[i], m[i + 1]), nn.Identity()
+        elif isinstance(m, BasicBlock):
+            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
+            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
     return model
 
 

@@ -8,7 +8,7 @@ import parsing
 from parsing.errors import InputError
 from parsing.losses import ParsingLoss, class_weights, distillation_loss, edge_targets
 from parsing.metrics import ConfusionMatrix, confusion_matrix, parsing_scores
-from parsing.models import ChannelAttention, ParserOutput, PositionAttention
+from parsing.models import ChannelAttention, ParserOutput, PositionAttention, fuse_batchnorm
 
 
 @pytest.mark.parametrize("name", ["unet_r18", "scanet"])
@@ -165,3 +165,20 @@ def test_scores_leave_out_absent_classes():
     assert s["mean_f1"] == pytest.approx((16 / 18 + 0.0) / 2)
     with pytest.raises(InputError, match="predicted ids"):
         confusion_matrix(torch.tensor([4]), torch.tensor([0]), 4)
+
+
+@pytest.mark.parametrize("name", ["unet_r18", "scanet"])
+def test_fuse_batchnorm_keeps_outputs(name):
+    model = parsing.create_model(name, num_classes=5, width=4)
+    for m in model.modules():  # non-trivial statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        ref = model(x)
+        fused = fuse_batchnorm(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(x), ref, atol=1e-4, rtol=1e-4)
