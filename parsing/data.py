@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec", "FaceSynthetics",
     "FolderDataset", "ParsingDataset", "build_dataset", "collate", "count_labels",
-    "eval_transform", "parse_data_spec", "split_indices", "train_transform",
+    "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
+    "train_transform",
 ]
 
 DATA_KINDS = ("synth", "facesynthetics", "celebamask", "folder")
@@ -177,9 +178,9 @@ class FaceSynthetics(ParsingDataset):
                  align: bool = False, size: int = 112, image_dir: str | os.PathLike | None = None,
                  transform: Callable[..., Any] | None = None, skip_bad: bool = False) -> None:
         label_set = get_label_set(labels)
-        self.native_labels = FACESYNTHETICS if label_set is FACESYNTHETICS else FSE25
-        if label_set is FSE10:
-            self.native_labels = FSE10
+        has_fse10 = (Path(root) / "labels_10").is_dir()
+        self.native_labels = (label_set if label_set is FACESYNTHETICS
+                              or (label_set is FSE10 and has_fse10) else FSE25)
         super().__init__(label_set, transform, skip_bad)
         self.root = Path(root)
         self.image_dir = Path(image_dir) if image_dir is not None else self.root
@@ -444,7 +445,8 @@ def parse_data_spec(spec: str) -> DataSpec:
     return DataSpec(kind, Path(path))
 
 
-def _has_official_split(spec: DataSpec) -> bool:
+def has_official_split(spec: DataSpec) -> bool:
+    """CelebAMask-HQ, and folders with ``train.txt``, come with their own splits."""
     return spec.kind == "celebamask" or (
         spec.kind == "folder" and (spec.path / "train.txt").is_file())
 
@@ -462,7 +464,7 @@ def build_dataset(spec: str | DataSpec, split: str = "all", labels: str | LabelS
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    official = _has_official_split(spec)
+    official = has_official_split(spec)
     read_split = split if official else "all"
     common = {"labels": labels, "transform": transform, "skip_bad": skip_bad}
     if spec.kind in ("synth", "facesynthetics"):

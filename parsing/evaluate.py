@@ -17,8 +17,14 @@ import torch
 from tqdm import tqdm
 
 from parsing.cli import cli_main
-from parsing.data import build_dataset, collate, eval_transform, parse_data_spec
-from parsing.inference import Parser, model_from_checkpoint
+from parsing.data import (
+    build_dataset,
+    collate,
+    eval_transform,
+    has_official_split,
+    parse_data_spec,
+)
+from parsing.inference import Parser, default_device, model_from_checkpoint
 from parsing.metrics import ConfusionMatrix, format_scores
 
 log = logging.getLogger("parsing.evaluate")
@@ -39,10 +45,6 @@ def confusion_over(parser: Parser, batches: Iterable, progress: bool = True,
             pred = parser(images.to(parser.device, non_blocking=True))
             cm.update(pred, targets.to(parser.device, non_blocking=True))
     return cm, skipped
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -73,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = parse_data_spec(args.data)
     model, ckpt = model_from_checkpoint(args.checkpoint, args.device)
     train_args = ckpt.get("args", {})
-    split = args.split or ("test" if spec.kind == "celebamask" or
-                           (spec.path / "test.txt").is_file() else "all")
+    split = args.split or ("test" if has_official_split(spec) else "all")
     align = args.align if args.align is not None else bool(train_args.get("align", False))
     dataset = build_dataset(
         spec, split, ckpt["label_set"], eval_transform(), align=align,

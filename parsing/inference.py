@@ -15,9 +15,14 @@ from parsing.io import load_checkpoint
 from parsing.labels import LabelSet, get_label_set
 from parsing.models import create_model, fuse_batchnorm
 
-__all__ = ["Parser", "model_from_checkpoint"]
+__all__ = ["Parser", "default_device", "model_from_checkpoint"]
 
 _REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "label_set")
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"`` (the CLIs' ``--device`` default)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_from_checkpoint(checkpoint: str | os.PathLike | dict[str, Any],

@@ -29,8 +29,7 @@ from tqdm import tqdm
 from parsing.cli import cli_main
 from parsing.data import BadSample
 from parsing.errors import DataError, InputError
-from parsing.evaluate import default_device
-from parsing.inference import Parser
+from parsing.inference import Parser, default_device
 from parsing.io import IMAGE_EXTENSIONS, read_image, write_label_map
 
 

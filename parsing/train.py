@@ -38,12 +38,13 @@ from parsing.data import (
     collate,
     count_labels,
     eval_transform,
+    has_official_split,
     parse_data_spec,
     train_transform,
 )
 from parsing.errors import DataError, InputError
-from parsing.evaluate import confusion_over, default_device
-from parsing.inference import Parser, model_from_checkpoint
+from parsing.evaluate import confusion_over
+from parsing.inference import Parser, default_device, model_from_checkpoint
 from parsing.io import atomic_save, load_checkpoint
 from parsing.labels import get_label_set
 from parsing.losses import CLASS_WEIGHT_METHODS, ParsingLoss, class_weights, distillation_loss
@@ -145,9 +146,13 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
               "seed": args.seed, "skip_bad": args.skip_bad}
     train_ds = build_dataset(spec, "train", label_set, train_transform(label_set, resize),
                              **common)
-    has_val = spec.kind == "celebamask" or args.val_split > 0
-    val_ds = build_dataset(spec, "val", label_set, eval_transform(resize), **common) \
-        if has_val else None
+    val_ds = None
+    if has_official_split(spec) or args.val_split > 0:
+        val_ds = build_dataset(spec, "val", label_set, eval_transform(resize), **common)
+        if len(val_ds) == 0:
+            log.warning("the validation split of %s is empty: best.pt will be the last epoch",
+                        spec)
+            val_ds = None
     if len(train_ds) == 0:
         raise InputError(f"--data {spec}: the training split is empty")
     image_size = args.size or (112 if args.align else None)

@@ -161,3 +161,13 @@ def test_bad_input_exits_2_with_one_line(cli, argv, message, tmp_path, capsys):
 def test_train_refuses_to_overwrite_a_run(trained, synth_dir, capsys):
     rc = train_mod.main(["--data", f"synth:{synth_dir}", "--out", str(trained), *TINY])
     assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_list_file_keeps_relative_paths(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.jpg", "y.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text(f"a/x.jpg\n# comment\n{tmp_path / 'y.png'}\n")
+    paths, rels = predict.list_images(tmp_path / "list.txt")
+    assert [p.name for p in paths] == ["x.jpg", "y.png"]
+    assert [r.as_posix() for r in rels] == ["a/x.jpg", "y.png"]
