@@ -173,6 +173,9 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
             raise InputError(f"--distill-from {args.distill_from}: trained on "
                              f"{teacher_ckpt['label_set']}, not {label_set.key}")
         model_name, model_kwargs = teacher_ckpt["model_name"], teacher_ckpt["model_kwargs"]
+        if args.model != model_name and args.model != "unet_r18":
+            log.warning("--distill-from: fine-tuning the teacher's %s, not --model %s",
+                        model_name, args.model)
     else:
         model_name = args.model
         model_kwargs = {} if args.width is None else {"width": args.width}

@@ -171,3 +171,20 @@ def test_list_file_keeps_relative_paths(tmp_path):
     paths, rels = predict.list_images(tmp_path / "list.txt")
     assert [p.name for p in paths] == ["x.jpg", "y.png"]
     assert [r.as_posix() for r in rels] == ["a/x.jpg", "y.png"]
+
+
+def test_self_distillation_fine_tunes_the_teacher(trained, synth_dir, tmp_path):
+    out = tmp_path / "distilled"
+    rc = train_mod.main(["--data", f"synth:{synth_dir}", "--out", str(out), "--epochs", "1",
+                         "--distill-from", str(trained / "best.pt"), "--distill-alpha", "0.7",
+                         "--lr", "1e-4", "--val-split", "0.25", "--batch-size", "4",
+                         "--workers", "0", "--device", "cpu", "--model", "scanet"])
+    assert rc == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["model_name"] == "unet_r18" and ckpt["model_kwargs"] == {"width": 4}
+    teacher = load_checkpoint(trained / "best.pt")["model"]
+    moved = [k for k, v in ckpt["model"].items() if v.is_floating_point()
+             and not torch.equal(v, teacher[k])]
+    assert moved  # it trained ...
+    stem = "encoder.stem.0.weight"  # ... starting from the teacher's weights, not from scratch
+    assert (ckpt["model"][stem] - teacher[stem]).abs().max() < 0.05
