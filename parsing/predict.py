@@ -8,7 +8,7 @@ suffix (``faces/a/b.jpg`` -> ``faces_masks/a/b.png``), read back by
 ``parsing.io.read_label_map``, and ``OUT/predictions.csv`` (image, mask). ``--images`` is a
 directory (searched recursively) or a text file listing image paths (relative to the file's
 folder, or absolute). ``--overlay`` also writes colour overlays to ``OUT_overlays/`` (or the
-folder given).
+folder given); ``--sheet PNG`` a contact sheet of the first 16 faces beside their masks.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from parsing.data import BadSample
 from parsing.errors import DataError, InputError
 from parsing.inference import Parser, default_device
 from parsing.io import IMAGE_EXTENSIONS, read_image, write_label_map
+from parsing.viz import contact_sheet
 
 
 def list_images(source: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -86,6 +87,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory for label PNGs")
     p.add_argument("--overlay", nargs="?", const=True, default=None, metavar="DIR",
                    help="also write colour overlays (default folder: OUT_overlays)")
+    p.add_argument("--sheet", type=Path, default=None, metavar="PNG",
+                   help="also write a contact sheet of the first 16 faces beside their masks")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=default_device())
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loader = DataLoader(ImageFiles(paths, args.skip_bad), batch_size=args.batch_size,
                         num_workers=args.workers, collate_fn=list)
     args.out.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], []
+    written, skipped, sheet = [], [], []
     for batch in tqdm(loader, desc="predict", unit="batch"):
         skipped += [s.error for s in batch if isinstance(s, BadSample)]
         good = [s for s in batch if not isinstance(s, BadSample)]
@@ -121,16 +124,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 mask_path.parent.mkdir(parents=True, exist_ok=True)
                 write_label_map(mask_path, label_map)
                 written.append((str(paths[i]), str(mask_path)))
+                rgb = ((image + 1) * 127.5).round().byte()
+                if args.sheet and len(sheet) < 16 and (not sheet or sheet[0][0].shape == rgb.shape):
+                    sheet.append((rgb, label_map))
                 if overlay_dir is not None:
-                    rgb = ((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
                     out = overlay_dir / rels[i].with_suffix(".jpg")
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    blended = overlay(rgb, parser.label_set.colorize(label_map))
+                    blended = overlay(rgb.permute(1, 2, 0).numpy(),
+                                      parser.label_set.colorize(label_map))
                     Image.fromarray(blended).save(out, quality=92)
     with open(args.out / "predictions.csv", "w", newline="") as f:
         csv.writer(f).writerows([("image", "mask"), *written])
+    if sheet:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet(torch.stack([s[0] for s in sheet]), torch.stack([s[1] for s in sheet]),
+                      parser.label_set, path=args.sheet, nrow=4)
     print(json.dumps({"out": str(args.out), "written": len(written), "skipped": skipped,
-                      "overlays": str(overlay_dir) if overlay_dir else None}))
+                      "overlays": str(overlay_dir) if overlay_dir else None,
+                      "sheet": str(args.sheet) if sheet else None}))
 
 
 if __name__ == "__main__":

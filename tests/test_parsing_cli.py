@@ -95,8 +95,9 @@ def test_predict_writes_readable_label_pngs_matching_parser(trained, synth_dir, 
     out = tmp_path / "masks"
     rc = predict.main(["--checkpoint", str(trained / "best.pt"), "--images", str(images),
                        "--out", str(out), "--overlay", "--workers", "0", "--device", "cpu",
-                       "--batch-size", "2"])
+                       "--batch-size", "2", "--sheet", str(tmp_path / "sheet.png")])
     assert rc == 0
+    assert Image.open(tmp_path / "sheet.png").size[0] > 4 * 32
     masks = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert masks == ["f0.png", "sub/f1.png", "sub/f2.png"]
     assert len(list((tmp_path / "masks_overlays").rglob("*.jpg"))) == 3
