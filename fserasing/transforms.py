@@ -174,6 +174,6 @@ def _restore_type(out: torch.Tensor, like: Any) -> Any:
     if isinstance(like, np.ndarray):
         arr = out.numpy()
         return arr[0] if like.ndim == 2 else arr.transpose(1, 2, 0)
-    if isinstance(like, tv_tensors.TVTensor):
-        return tv_tensors.wrap(out, like=like)
+    if isinstance(like, tv_tensors.Image):
+        return out.as_subclass(tv_tensors.Image)  # tv_tensors.wrap costs ~40 us per call
     return out
