@@ -183,6 +183,10 @@ def test_device_dtype_and_batch_shape_kept(device, fill):
         g = torch.Generator(device=device).manual_seed(0)
         out = erase_batch(x, masks.to(device), p=1.0, n_erase=2, fill=fill, generator=g)
         assert out.device == x.device and out.dtype == x.dtype and out.shape == x.shape
+        g = torch.Generator(device=device).manual_seed(0)
+        strided = x.contiguous(memory_format=torch.channels_last)
+        same = erase_batch(strided, masks.to(device), p=1.0, n_erase=2, fill=fill, generator=g)
+        assert torch.equal(same, out)
 
 
 # -- fills against a per-sample reference loop -------------------------------------------
@@ -409,6 +413,9 @@ def test_transform_round_trips_pil_ndarray_dict_and_batches():
     assert np.array_equal(out["image"], ref.permute(1, 2, 0).numpy())
     grey = t({"image": arr[..., 0], "mask": PIL.Image.fromarray(masks[0].numpy())})
     assert grey["image"].shape == arr.shape[:2]
+    for fill in FILL_MODES:  # (H, W, C) arrays arrive as channels-last strided tensors
+        noisy = FSErasing(p=1.0, n_erase=["skin"], fill=fill)({"image": arr, "mask": masks[0]})
+        assert noisy["image"].shape == arr.shape and noisy["image"].dtype == arr.dtype
 
     out, mask, label = t(u8[0], tv_tensors.Mask(masks[0][None]), 3)
     assert type(out) is torch.Tensor and torch.equal(out, ref) and label == 3
