@@ -186,7 +186,7 @@ def test_device_dtype_and_batch_shape_kept(device, fill):
         g = torch.Generator(device=device).manual_seed(0)
         strided = x.contiguous(memory_format=torch.channels_last)
         same = erase_batch(strided, masks.to(device), p=1.0, n_erase=2, fill=fill, generator=g)
-        assert torch.equal(same, out)
+        torch.testing.assert_close(same, out)  # means may sum in another order
 
 
 # -- fills against a per-sample reference loop -------------------------------------------
