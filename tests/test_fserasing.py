@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -519,3 +520,23 @@ def _faces(b: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     masks[r > 0.95] = 0
     images = torch.randn(b, 3, size, size, generator=g)
     return images, masks
+
+
+def test_demo_sheet_cli(tmp_path, capsys):
+    from fserasing.demo import main
+
+    images, masks = _faces(2, 32)
+    u8 = (images * 40 + 128).clamp(0, 255).to(torch.uint8)
+    (tmp_path / "synth" / "images").mkdir(parents=True)
+    (tmp_path / "synth" / "labels_25").mkdir()
+    for i in range(2):
+        PIL.Image.fromarray(u8[i].permute(1, 2, 0).numpy()).save(
+            tmp_path / "synth" / "images" / f"{i:06d}.png")
+        write_label_map(tmp_path / "synth" / "labels_25" / f"{i:06d}_seg.png", masks[i])
+    sheet = tmp_path / "out" / "sheet.png"
+    assert main(["--data", str(tmp_path / "synth"), "--sheet", str(sheet)]) == 0
+    record = json.loads(sheet.with_suffix(".json").read_text())
+    assert sheet.stat().st_size > 0 and record["fills"] == list(FILL_MODES)
+    assert len(record["faces"]) == 2 and all(1 <= len(f["erased"]) <= 3 for f in record["faces"])
+    assert main(["--data", str(tmp_path / "none"), "--sheet", str(sheet)]) == 2
+    assert "no such image folder" in capsys.readouterr().err
