@@ -407,7 +407,8 @@ def test_transform_round_trips_pil_ndarray_dict_and_batches():
     assert torch.equal(torch.from_numpy(np.array(out)).permute(2, 0, 1), ref)
 
     arr = u8[0].permute(1, 2, 0).numpy()
-    sample = {"image": arr, "mask": masks[0].numpy(), "identity": 7}
+    sample = {"landmarks": np.zeros((5, 2)), "image": arr, "mask": masks[0].numpy(),
+              "identity": 7}
     out = t(sample)
     assert set(out) == set(sample) and out["identity"] == 7 and out["mask"] is sample["mask"]
     assert isinstance(out["image"], np.ndarray) and out["image"].shape == arr.shape
