@@ -307,6 +307,20 @@ def test_n_erase_range_includes_both_ends_and_p_is_respected():
                                rtol=0)
 
 
+def test_class_weights_by_name():
+    masks = torch.arange(1, 20, dtype=torch.uint8).view(1, 1, 19).expand(2000, 1, 19)
+    eraser = RegionEraser(p=1.0, n_erase=2, class_weights={"eyes": 0.0, "nose": 50.0})
+    selected = eraser.draw(masks, 3, torch.Generator().manual_seed(0)).selected
+    assert not selected[:, 11:13].any() and selected[:, 10].float().mean() > 0.9
+    assert (selected.sum(1) == 2).all()
+    with pytest.raises(InputError, match="'hair', which is not a candidate"):
+        RegionEraser(class_weights={"hair": 2.0})
+    groups = RegionEraser(p=1.0, classes=["eyes", "mouth"], group_units=True,
+                          class_weights={"mouth": 0.0})
+    selected = groups.draw(masks, 3, torch.Generator().manual_seed(0)).selected
+    assert selected[:, [11, 12]].all() and not selected[:, 17:20].any()
+
+
 def test_group_units_erase_groups_whole_and_present_only_skips_absent():
     images, masks = _faces(16, 16)
     eraser = RegionEraser(p=1.0, n_erase=1, classes=["eyes", "cheeks"], group_units=True)
