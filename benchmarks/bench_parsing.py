@@ -4,9 +4,10 @@
         .venv/bin/python benchmarks/bench_parsing.py --batch 64 --repeats 5
 
 1. Inference (eval, no grad) at 112x112: ``smp.Unet("resnet18", encoder_weights=None)`` beside
-   our ``unet_r18`` as built, with channels_last, and with BatchNorm folded into the convs (what
-   ``Parser.from_checkpoint`` runs). Runs are interleaved in one process; the median per batch
-   is reported, with time ratios to smp (< 1 = faster than smp) and multiply-accumulates.
+   our ``unet_r18`` as built, with channels_last, with BatchNorm folded into the convs (what
+   ``Parser.from_checkpoint`` runs), and folded with smp's 16-channel last decoder stage.
+   Runs are interleaved in one process; the median per batch is reported, with time ratios to
+   smp (< 1 = faster than smp) and multiply-accumulates.
 2. One IResNet-34 training step (forward, backward, SGD; a 1000-way linear head + CE) at the
    same batch, from ``recognition.create_backbone`` when that package is installed: the
    ratio says whether masks can be computed on the fly during recognition training.
@@ -65,6 +66,8 @@ def main() -> None:
         "unet_r18_channels_last": (create_model("unet_r18", num_classes=25).eval()
                                    .to(memory_format=torch.channels_last), x_cl),
         "unet_r18_fused_bn": (fuse_batchnorm(create_model("unet_r18", num_classes=25)), x),
+        "unet_r18_smp_decoder_fused_bn": (fuse_batchnorm(create_model(
+            "unet_r18", num_classes=25, decoder_channels=(128, 64, 32, 16))), x),
     }
 
     def run(model, inp):

@@ -58,9 +58,9 @@ from parsing.transforms import RandomHorizontalFlip
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec", "FaceSynthetics",
-    "FolderDataset", "ParsingDataset", "build_dataset", "collate", "count_labels",
-    "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
+    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec",
+    "FaceSynthetics", "FolderDataset", "ParsingDataset", "build_dataset", "collate",
+    "count_labels", "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
     "train_transform",
 ]
 
@@ -347,17 +347,28 @@ class FolderDataset(ParsingDataset):
 # Transforms, batching, splits
 
 
+AUGMENTATIONS = ("full", "flip", "none")
+
+
 def train_transform(label_set: str | LabelSet = "fse25", size: int | None = None,
-                    degrees: float = 10.0, scale: tuple[float, float] = (0.9, 1.1),
-                    translate: float = 0.05, jitter: float = 0.3) -> v2.Compose:
-    """Joint augmentation: left/right-swapping flip, affine (nearest for masks), colour jitter
-    on the image only, then float images normalised to [-1, 1] and int64 label maps."""
+                    augment: str = "full", degrees: float = 10.0,
+                    scale: tuple[float, float] = (0.9, 1.1), translate: float = 0.05,
+                    jitter: float = 0.3) -> v2.Compose:
+    """Joint augmentation, then float images normalised to [-1, 1] and int64 label maps.
+
+    ``augment="full"``: left/right-swapping flip, random affine (nearest-neighbour for masks)
+    and colour jitter on the image only; ``"flip"``: the flip alone; ``"none"``: nothing.
+    """
+    if augment not in AUGMENTATIONS:
+        raise InputError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
     ops: list[Any] = [] if size is None else [v2.Resize([size, size])]
-    ops += [
-        RandomHorizontalFlip(0.5, label_set),
-        v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 6),
-    ]
+    if augment != "none":
+        ops.append(RandomHorizontalFlip(0.5, label_set))
+    if augment == "full":
+        ops += [
+            v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
+            v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 6),
+        ]
     return v2.Compose(ops + _to_model_input())
 
 

@@ -4,7 +4,7 @@
   resolution for the first skip, so 112x112 aligned faces keep their detail (as in IResNet);
   four stages of two torchvision ``BasicBlock`` s at strides 2, 4, 8, 16; each decoder step
   is a 2x2 transposed convolution, concatenation with the encoder feature of that stride and
-  two 3x3 convolutions (widths 128, 64, 32, 16 at strides 8, 4, 2, 1, as smp's Unet);
+  two 3x3 convolutions (widths 128, 64, 32, 32 at strides 8, 4, 2, 1);
   a 1x1 classifier gives the logits.
 * ``unet_timm:<name>``: the same decoder on any timm encoder (``features_only=True``, random
   weights: nothing is downloaded).
@@ -267,8 +267,9 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def _default_decoder(width: int) -> tuple[int, ...]:
-    # smp's Unet widths per stride (128, 64, 32, 16 at strides 8, 4, 2, 1), scaled by width / 64
-    return tuple(max(8, width * c // 64) for c in (128, 64, 32, 16))
+    # 2w, w, w/2 at strides 8, 4, 2 (smp's Unet widths at width 64), never below 32: with 16 or
+    # fewer full-resolution channels, 25 classes are learnt several times more slowly
+    return tuple(max(32, width * c // 64) for c in (128, 64, 32, 32))
 
 
 @register_model("unet_r18")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from parsing.cli import cli_main
 from parsing.data import (
+    AUGMENTATIONS,
     DataSpec,
     build_dataset,
     collate,
@@ -53,9 +54,10 @@ from parsing.models import ParserOutput, create_model
 log = logging.getLogger("parsing.train")
 
 # Settings that define a run; --resume takes them from the checkpoint.
-RUN_SETTINGS = ("data", "model", "width", "labels", "epochs", "batch_size", "lr", "weight_decay",
-                "val_split", "seed", "size", "align", "class_weights", "edge_loss",
-                "distill_from", "distill_alpha", "distill_temperature", "skip_bad")
+RUN_SETTINGS = ("data", "model", "width", "decoder_channels", "labels", "epochs", "batch_size",
+                "lr", "weight_decay", "val_split", "seed", "size", "augment", "align",
+                "class_weights", "edge_loss", "distill_from", "distill_alpha",
+                "distill_temperature", "skip_bad")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="unet_r18, scanet or unet_timm:<timm name> (default unet_r18)")
     p.add_argument("--width", type=int, default=None,
                    help="unet_r18/scanet base width (default 64 = ResNet-18)")
+    p.add_argument("--decoder-channels", default=None, metavar="C1,C2,...",
+                   help="U-Net decoder widths, deepest first (default: 2w, w, w/2, w/2, "
+                        "at least 32)")
     p.add_argument("--labels", default="fse25", help="label set to train (default fse25)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
@@ -77,6 +82,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None,
                    help="train at SIZE x SIZE (resize; with --align: the aligned size, 112)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="full",
+                   help="full: flip (left/right labels swapped) + affine + colour jitter; "
+                        "flip: the flip only; none (default full)")
     p.add_argument("--align", action="store_true",
                    help="facesynthetics: 5-point ArcFace alignment to --size (default 112)")
     p.add_argument("--class-weights", nargs="?", const="inverse_sqrt", default=None,
@@ -126,6 +134,16 @@ def _unwrap(ds: Any) -> tuple[Any, list[int] | None]:
     return (ds.dataset, list(ds.indices)) if isinstance(ds, Subset) else (ds, None)
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"{what} {text!r}: widths must be positive")
+    return values
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -144,8 +162,8 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
     resize = None if args.align else args.size
     common = {"align": args.align, "size": args.size or 112, "val_fraction": args.val_split,
               "seed": args.seed, "skip_bad": args.skip_bad}
-    train_ds = build_dataset(spec, "train", label_set, train_transform(label_set, resize),
-                             **common)
+    train_ds = build_dataset(spec, "train", label_set,
+                             train_transform(label_set, resize, args.augment), **common)
     val_ds = None
     if has_official_split(spec) or args.val_split > 0:
         val_ds = build_dataset(spec, "val", label_set, eval_transform(resize), **common)
@@ -179,6 +197,9 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
     else:
         model_name = args.model
         model_kwargs = {} if args.width is None else {"width": args.width}
+        if args.decoder_channels:
+            model_kwargs["decoder_channels"] = _int_list(args.decoder_channels,
+                                                         "--decoder-channels")
     model = create_model(model_name, num_classes=label_set.num_classes, **model_kwargs)
     if teacher is not None and resume_ckpt is None:
         model.load_state_dict(teacher.state_dict())  # fine-tune the trained model itself
