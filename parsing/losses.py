@@ -66,7 +66,8 @@ class ParsingLoss(nn.Module):
     """Cross-entropy (optionally class-weighted) plus ``edge_weight`` x edge loss.
 
     ``forward(output, target)`` takes logits (B, K, H, W) or a :class:`ParserOutput` and int64
-    targets (B, H, W); returns ``(total, parts)`` with ``parts`` the detached terms.
+    targets (B, H, W); returns ``(total, parts)`` with ``parts`` the detached terms (tensors:
+    reading them waits for the device).
     """
 
     def __init__(self, weight: torch.Tensor | None = None, edge_weight: float = 0.0,
@@ -87,7 +88,7 @@ class ParsingLoss(nn.Module):
         else:
             pixel_w = valid.to(pixel_ce.dtype)
         seg = pixel_ce.sum() / pixel_w.sum().clamp(min=1e-12)
-        parts = {"ce": float(seg.detach())}
+        parts = {"ce": seg.detach()}
         total = seg
         if self.edge_weight > 0:
             edges = edge_targets(target, self.ignore_index)
@@ -99,7 +100,7 @@ class ParsingLoss(nn.Module):
                     pos_weight=(neg / pos).to(pixel_ce.dtype))
             else:
                 edge = (pixel_ce * edges).sum() / (pixel_w * edges).sum().clamp(min=1e-12)
-            parts["edge"] = float(edge.detach())
+            parts["edge"] = edge.detach()
             total = total + self.edge_weight * edge
         return total, parts
 

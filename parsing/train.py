@@ -47,7 +47,7 @@ from parsing.errors import DataError, InputError
 from parsing.evaluate import confusion_over
 from parsing.inference import Parser, default_device, model_from_checkpoint
 from parsing.io import atomic_save, load_checkpoint
-from parsing.labels import get_label_set
+from parsing.labels import LabelSet, get_label_set
 from parsing.losses import CLASS_WEIGHT_METHODS, ParsingLoss, class_weights, distillation_loss
 from parsing.models import ParserOutput, create_model
 
@@ -150,20 +150,18 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str, Any]:
-    """Run (or continue) training as configured by the CLI arguments; returns a summary."""
-    device = torch.device(args.device)
-    amp = device.type == "cuda"
-    spec: DataSpec = parse_data_spec(args.data)
-    label_set = get_label_set(args.labels)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+LOG_EVERY = 20  # steps between progress/TensorBoard updates (each one waits for the device)
 
+
+def _datasets(args: argparse.Namespace, spec: DataSpec, label_set: LabelSet) -> tuple:
+    """(train set, validation set or None, training image size or None)."""
     resize = None if args.align else args.size
     common = {"align": args.align, "size": args.size or 112, "val_fraction": args.val_split,
               "seed": args.seed, "skip_bad": args.skip_bad}
     train_ds = build_dataset(spec, "train", label_set,
                              train_transform(label_set, resize, args.augment), **common)
+    if len(train_ds) == 0:
+        raise InputError(f"--data {spec}: the training split is empty")
     val_ds = None
     if has_official_split(spec) or args.val_split > 0:
         val_ds = build_dataset(spec, "val", label_set, eval_transform(resize), **common)
@@ -171,8 +169,6 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
             log.warning("the validation split of %s is empty: best.pt will be the last epoch",
                         spec)
             val_ds = None
-    if len(train_ds) == 0:
-        raise InputError(f"--data {spec}: the training split is empty")
     image_size = args.size or (112 if args.align else None)
     if image_size is None:  # the data's own size, if square (read without augmentation)
         base, idx = _unwrap(train_ds)
@@ -182,39 +178,56 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
         except DataError:
             if not args.skip_bad:
                 raise
+    return train_ds, val_ds, image_size
 
-    teacher = None
-    if args.distill_from:
-        teacher, teacher_ckpt = model_from_checkpoint(args.distill_from, device)
-        teacher.requires_grad_(False)
-        if teacher_ckpt["label_set"] != label_set.key:
-            raise InputError(f"--distill-from {args.distill_from}: trained on "
-                             f"{teacher_ckpt['label_set']}, not {label_set.key}")
-        model_name, model_kwargs = teacher_ckpt["model_name"], teacher_ckpt["model_kwargs"]
-        if args.model != model_name and args.model != "unet_r18":
-            log.warning("--distill-from: fine-tuning the teacher's %s, not --model %s",
-                        model_name, args.model)
-    else:
-        model_name = args.model
-        model_kwargs = {} if args.width is None else {"width": args.width}
+
+def _models(args: argparse.Namespace, label_set: LabelSet, device: torch.device) -> tuple:
+    """(model, its registry name, its kwargs, frozen teacher or None)."""
+    if not args.distill_from:
+        kwargs: dict[str, Any] = {} if args.width is None else {"width": args.width}
         if args.decoder_channels:
-            model_kwargs["decoder_channels"] = _int_list(args.decoder_channels,
-                                                         "--decoder-channels")
-    model = create_model(model_name, num_classes=label_set.num_classes, **model_kwargs)
-    if teacher is not None and resume_ckpt is None:
-        model.load_state_dict(teacher.state_dict())  # fine-tune the trained model itself
-    model.to(device)
+            kwargs["decoder_channels"] = _int_list(args.decoder_channels, "--decoder-channels")
+        model = create_model(args.model, num_classes=label_set.num_classes, **kwargs)
+        return model.to(device), args.model, kwargs, None
+    teacher, ckpt = model_from_checkpoint(args.distill_from, device)
+    teacher.requires_grad_(False)
+    if ckpt["label_set"] != label_set.key:
+        raise InputError(f"--distill-from {args.distill_from}: trained on {ckpt['label_set']}, "
+                         f"not {label_set.key}")
+    if args.model not in (ckpt["model_name"], "unet_r18"):
+        log.warning("--distill-from: fine-tuning the teacher's %s, not --model %s",
+                    ckpt["model_name"], args.model)
+    model = create_model(ckpt["model_name"], num_classes=label_set.num_classes,
+                         **ckpt["model_kwargs"])
+    model.load_state_dict(teacher.state_dict())  # self-distillation fine-tunes the model itself
+    return model.to(device), ckpt["model_name"], ckpt["model_kwargs"], teacher
 
-    weights = None
-    if resume_ckpt is not None and resume_ckpt.get("class_weights") is not None:
-        weights = resume_ckpt["class_weights"]
-    elif args.class_weights:
-        base, idx = _unwrap(train_ds)
-        counts = count_labels(base, label_set.num_classes, indices=idx)
-        weights = class_weights(counts, args.class_weights)
-        log.info("class weights (%s): %s", args.class_weights,
-                 ", ".join(f"{n}={w:.2f}" for n, w in zip(label_set.names, weights.tolist(),
-                                                         strict=True)))
+
+def _class_weights(args: argparse.Namespace, train_ds: Any,
+                   label_set: LabelSet) -> torch.Tensor | None:
+    if not args.class_weights:
+        return None
+    base, idx = _unwrap(train_ds)
+    weights = class_weights(count_labels(base, label_set.num_classes, indices=idx),
+                            args.class_weights)
+    log.info("class weights (%s): %s", args.class_weights,
+             ", ".join(f"{n}={w:.2f}" for n, w in zip(label_set.names, weights.tolist(),
+                                                     strict=True)))
+    return weights
+
+
+def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str, Any]:
+    """Run (or continue) training as configured by the CLI arguments; returns a summary."""
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    spec = parse_data_spec(args.data)
+    label_set = get_label_set(args.labels)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    train_ds, val_ds, image_size = _datasets(args, spec, label_set)
+    model, model_name, model_kwargs, teacher = _models(args, label_set, device)
+    weights = (resume_ckpt.get("class_weights") if resume_ckpt is not None
+               else _class_weights(args, train_ds, label_set))
     loss_fn = ParsingLoss(weights, args.edge_loss).to(device)
 
     gen = torch.Generator()
@@ -245,7 +258,7 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
         torch.manual_seed(epoch_seed)  # augmentation in the main process (workers=0)
         gen.manual_seed(epoch_seed)  # shuffle order and worker seeds
         model.train()
-        t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+        t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for images, targets, bad in bar:
             skipped.update(bad)
@@ -262,23 +275,24 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
                     logits = output.logits if isinstance(output, ParserOutput) else output
                     kd = distillation_loss(logits, soft, targets, args.distill_temperature)
                     loss = (1 - args.distill_alpha) * loss + args.distill_alpha * kd
-                    parts["kd"] = float(kd.detach())
+                    parts["kd"] = kd.detach()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             step += 1
-            loss_sum += float(loss.detach())
             n_batches += 1
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
-            writer.add_scalar("train/loss", float(loss.detach()), step)
-            for name, value in parts.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            loss_sum += loss.detach()
+            if step % LOG_EVERY == 0 or n_batches == len(loader):
+                bar.set_postfix(loss=f"{float(loss_sum) / n_batches:.4f}")
+                writer.add_scalar("train/loss", float(loss), step)
+                for name, value in parts.items():
+                    writer.add_scalar(f"train/{name}", float(value), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
 
         row: dict[str, Any] = {"epoch": epoch + 1,
-                               "train_loss": loss_sum / max(1, n_batches),
+                               "train_loss": float(loss_sum) / max(1, n_batches),
                                "lr": scheduler.get_last_lr()[0]}
         if val_loader is not None:
             cm, bad_val = confusion_over(Parser(model, label_set), val_loader,

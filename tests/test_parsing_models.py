@@ -118,7 +118,7 @@ def test_edge_focused_ce_and_distillation():
     edge_pix = edge_targets(target)
     ce = F.cross_entropy(logits, target, reduction="none")
     assert edge_pix.sum() == 16
-    torch.testing.assert_close(parts["edge"], float(ce[edge_pix].mean()))
+    torch.testing.assert_close(parts["edge"], ce[edge_pix].mean())
     torch.testing.assert_close(total, ce.mean() + 2.0 * ce[edge_pix].mean())
     assert distillation_loss(logits, logits.clone()).abs() < 1e-6
     other = torch.randn(1, 3, 8, 8)
