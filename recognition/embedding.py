@@ -45,3 +45,12 @@ def embed_batches(model: nn.Module, batches: Iterable[torch.Tensor], flip: bool 
 def image_batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     """Consecutive batches of an (N, ...) tensor."""
     return (images[s:s + batch_size] for s in range(0, len(images), batch_size))
+
+
+def load_backbone(network: str, checkpoint: str, device: torch.device | str = "cpu"
+                  ) -> nn.Module:
+    """``recognition.create_backbone(network)`` with the weights of ``checkpoint`` (a plain
+    state_dict or a training checkpoint), in eval mode on ``device``."""
+    from recognition import create_backbone
+
+    return create_backbone(network, checkpoint_path=checkpoint).to(device).eval()

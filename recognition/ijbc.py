@@ -220,7 +220,8 @@ def read_template_subjects(path: str | os.PathLike) -> tuple[np.ndarray, np.ndar
     return templates, table[first, 1]
 
 
-def read_identification_protocol(root: str | os.PathLike, name: str) -> IdentificationProtocol | None:
+def read_identification_protocol(root: str | os.PathLike, name: str
+                                  ) -> IdentificationProtocol | None:
     """The 1:N files of ``root/meta`` (G1/G2 for IJB-C, S1/S2 for IJB-B), or None if absent."""
     galleries = {g: meta_path(root, name, f"1N_gallery_{g}.csv") for g in GALLERY_NAMES[name]}
     probe = meta_path(root, name, "1N_probe_mixed.csv")
@@ -238,9 +239,10 @@ def write_meta(protocol: IJBProtocol, identification: IdentificationProtocol | N
     meta.mkdir(parents=True, exist_ok=True)
     with open(meta_path(protocol.root, protocol.name, "face_tid_mid.txt"), "w") as f:
         f.writelines(f"{n} {t} {m}\n" for n, t, m in
-                     zip(protocol.image_names, protocol.templates, protocol.medias))
+                     zip(protocol.image_names, protocol.templates, protocol.medias, strict=True))
     with open(meta_path(protocol.root, protocol.name, "name_5pts_score.txt"), "w") as f:
-        for n, pts, score in zip(protocol.image_names, protocol.landmarks, protocol.faceness):
+        for n, pts, score in zip(protocol.image_names, protocol.landmarks, protocol.faceness,
+                                 strict=True):
             f.write(f"{n} {' '.join(f'{v:.3f}' for v in pts.ravel())} {score:.3f}\n")
     np.savetxt(meta_path(protocol.root, protocol.name, "template_pair_label.txt"),
                np.column_stack([protocol.pair_templates, protocol.pair_labels]), fmt="%d")
@@ -249,13 +251,13 @@ def write_meta(protocol: IJBProtocol, identification: IdentificationProtocol | N
     lists = {f"1N_gallery_{g}.csv": v for g, v in identification.galleries.items()}
     lists["1N_probe_mixed.csv"] = (identification.probe_templates, identification.probe_subjects)
     names_of = {}
-    for n, t in zip(protocol.image_names, protocol.templates):
+    for n, t in zip(protocol.image_names, protocol.templates, strict=True):
         names_of.setdefault(int(t), []).append(n)
     for suffix, (templates, subjects) in lists.items():
         with open(meta_path(protocol.root, protocol.name, suffix), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["TEMPLATE_ID", "SUBJECT_ID", "FILENAME"])
-            for t, s in zip(templates, subjects):
+            for t, s in zip(templates, subjects, strict=True):
                 writer.writerows([int(t), int(s), n] for n in names_of[int(t)])
 
 
@@ -272,7 +274,7 @@ def template_rows(unique_templates: np.ndarray, ids: np.ndarray, source: str | o
     if len(unique_templates) == 0 or ids.size == 0:
         rows = np.zeros(ids.shape, dtype=np.int32)
         missing = np.arange(ids.size)
-    elif 0 <= unique_templates[0] and unique_templates[-1] < 1 << 24:
+    elif unique_templates[0] >= 0 and unique_templates[-1] < 1 << 24:
         table = np.full(int(unique_templates[-1]) + 1, -1, dtype=np.int32)
         table[unique_templates] = np.arange(len(unique_templates))
         if ids.min() >= 0 and ids.max() < len(table):
@@ -500,7 +502,7 @@ def verification_report(scores: np.ndarray, labels: np.ndarray, fars=FARS
     fpr, tpr, _ = roc_curve(scores, labels)
     tars = tar_at_far(fpr, tpr, fars)
     report = {
-        "tar_at_far": {far_key(f): float(t) for f, t in zip(fars, tars)},
+        "tar_at_far": {far_key(f): float(t) for f, t in zip(fars, tars, strict=True)},
         "auc": trapezoid_auc(fpr, tpr),
         "pairs": int(len(labels)),
         "genuine": int(np.count_nonzero(labels)),

@@ -51,7 +51,7 @@ def test_roc_curve_equals_sklearn(ties):
             continue
         ours = roc_curve(scores, labels)
         ref = sklearn.metrics.roc_curve(labels, scores)
-        for a, b in zip(ours, ref):
+        for a, b in zip(ours, ref, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -60,7 +60,8 @@ def test_roc_curve_large_with_rounded_ties():
     scores = np.round(rng.standard_normal(200_000) * 0.1, 4)  # float32-like ties
     labels = rng.random(200_000) < 0.002
     scores[labels] += 0.15
-    for a, b in zip(roc_curve(scores, labels), sklearn.metrics.roc_curve(labels, scores)):
+    for a, b in zip(roc_curve(scores, labels), sklearn.metrics.roc_curve(labels, scores),
+                    strict=True):
         np.testing.assert_array_equal(a, b)
 
 
