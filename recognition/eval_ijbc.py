@@ -20,19 +20,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from parsing.align import align_face  # noqa: E402
-from parsing.cli import cli_main  # noqa: E402
-from parsing.errors import DataError, InputError  # noqa: E402
-from parsing.io import read_image  # noqa: E402
-from recognition.embedding import embed_batches, load_backbone  # noqa: E402
-from recognition.ijbc import (  # noqa: E402
+from parsing.align import align_face
+from parsing.cli import cli_main
+from parsing.errors import DataError, InputError
+from parsing.io import read_image
+from recognition.embedding import embed_batches, load_backbone
+from recognition.ijbc import (
     FARS,
     IJBProtocol,
     evaluate_verification,
@@ -83,7 +80,8 @@ def aligned_batches(protocol: IJBProtocol, batch_size: int, workers: int,
 
 def plot_roc(fpr: np.ndarray, tpr: np.ndarray, report: dict, label: str, path: Path) -> None:
     """ROC on a log-FAR axis with the TAR@FAR table points marked."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
     ax.plot(np.maximum(fpr, 1e-7), tpr, lw=1.5, label=f"{label} (AUC {100 * report['auc']:.2f}%)")
     tars = [report["tar_at_far"][far_key(f)] for f in FARS]
     ax.plot(FARS, tars, "o", ms=4, color="C3", label="TAR @ FAR (nearest ROC point)")
@@ -93,7 +91,6 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, report: dict, label: str, path: P
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def format_table(name: str, report: dict) -> str:
