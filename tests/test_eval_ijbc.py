@@ -118,3 +118,42 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--features",
                  str(tmp_path / "f.npy")]) == 2
     assert "features must be (4, D)" in capsys.readouterr().err
+
+
+class _TinyEmbedder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 8, stride=8)
+        self.fc = torch.nn.Linear(8 * 14 * 14, 16)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_parsing_synth_faces(tmp_path, monkeypatch, capsys):
+    from parsing.synth import write_dataset
+    from recognition import make_ijbc_protocol
+
+    write_dataset(tmp_path / "faces", 4, 4, seed=1, size=160, loose=True, workers=1)
+    assert make_ijbc_protocol.main(["--faces", str(tmp_path / "faces"), "--out",
+                                    str(tmp_path / "ijbc")]) == 0
+    protocol = read_protocol(tmp_path / "ijbc")
+    assert len(protocol) == 16 and read_image(protocol.image_dir / "1.jpg").shape[0] == 160
+
+    model = _TinyEmbedder().eval()
+    monkeypatch.setattr("recognition.eval_ijbc.load_backbone", lambda *a: model)
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "ijbc"), "--out", str(out), "--checkpoint", "c.pt",
+                 "--network", "tiny", "--batch-size", "5", "--workers", "0",
+                 "--device", "cpu"]) == 0
+    features = np.load(out / "ijbc_features.npy")
+    # the saved features are f(x) + f(flip x) of the aligned loose crops, in file order
+    from recognition.embedding import embed
+    from recognition.eval_ijbc import aligned_batches
+
+    aligned = torch.cat(list(aligned_batches(protocol, 16, 0, torch.device("cpu"))))
+    np.testing.assert_allclose(features, embed(model, aligned).numpy(), rtol=1e-5, atol=1e-5)
+    result = json.loads((out / "ijbc_verification.json").read_text())
+    assert result["verification"]["pairs"] == len(protocol.pair_labels)
+    assert (out / "ijbc_roc.png").exists() and "1:N" in capsys.readouterr().out

@@ -66,3 +66,27 @@ def test_occlusion_table_erases_only_the_probe_group():
     assert table["eyes"]["erased_area"] == pytest.approx(float(in_eyes.float().mean()))
     for row in table.values():
         assert set(row["tar_at_far"]) == {"1e-02", "1e-01"} and 0 <= row["auc"] <= 1
+
+
+@pytest.mark.slow
+def test_cli_on_parsing_synth_faces(tmp_path, monkeypatch, capsys):
+    import json
+
+    from parsing.synth import write_dataset
+    from recognition import eval_occlusion
+
+    write_dataset(tmp_path / "faces", 5, 4, seed=2, workers=1)
+    monkeypatch.setattr(eval_occlusion, "load_backbone", lambda *a: _Tiny().eval())
+    out = tmp_path / "out"
+    assert eval_occlusion.main(["--checkpoint", "c.pt", "--network", "tiny", "--data",
+                                str(tmp_path / "faces"), "--out", str(out), "--pairs", "20",
+                                "--groups", "eyes,mouth", "--device", "cpu"]) == 0
+    table = json.loads((out / "occlusion.json").read_text())["table"]
+    assert list(table) == ["none", "eyes", "mouth"]
+    assert 0 < table["eyes"]["erased_area"] < table["mouth"]["erased_area"] + 1
+    assert (out / "occlusion.png").stat().st_size > 0
+    assert (out / "occlusion.csv").read_text().count("\n") == 4
+    assert "mouth" in capsys.readouterr().out
+    assert eval_occlusion.main(["--checkpoint", "c.pt", "--network", "tiny", "--data",
+                                str(tmp_path / "faces"), "--out", str(out),
+                                "--groups", "eyes,elbows"]) == 2

@@ -1,6 +1,7 @@
 """Verification .bin loading (restricted unpickler), decoding and 10-fold accuracy."""
 
 import io
+import json
 import os
 import pickle
 import struct
@@ -218,3 +219,31 @@ def test_embed_is_f_of_x_plus_f_of_flipped_x():
         torch.testing.assert_close(embed(model, images, flip=False), model(x))
     batched = embed_batches(model, image_batches(images, 2), total=5)
     torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_verification_cli(tmp_path, monkeypatch, capsys):
+    from recognition import eval_verification
+
+    blobs = _encoded_faces(40, fmt="PNG", seed=3)
+    issame = [bool(i % 2) for i in range(20)]
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(py2_pickle((blobs, issame)))
+    model = _TinyEmbedder().eval()
+    monkeypatch.setattr(eval_verification, "load_backbone", lambda *a: model)
+    out = tmp_path / "out"
+    assert eval_verification.main(["--checkpoint", "c.pt", "--network", "tiny", "--bin",
+                                   str(path), "--batch-size", "7", "--out", str(out),
+                                   "--device", "cpu"]) == 0
+    images = decode_images(blobs, progress=False)
+    emb = torch.nn.functional.normalize(embed(model, images).double(), dim=1)
+    expected = verification_accuracy(emb, np.array(issame))
+    result = json.loads((out / "verification.json").read_text())["sets"]["lfw"]
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert result["best_threshold"] == expected["best_threshold"]
+    assert (out / "verification.csv").read_text().startswith("set,pairs,accuracy,std")
+    assert "lfw" in capsys.readouterr().out
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(pickle.dumps(([_RunsCode(tmp_path / "m")], [True])))
+    assert eval_verification.main(["--checkpoint", "c.pt", "--network", "tiny", "--bin",
+                                   str(bad), "--device", "cpu"]) == 2
+    assert "refused global" in capsys.readouterr().err and not (tmp_path / "m").exists()
