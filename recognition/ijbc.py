@@ -394,25 +394,26 @@ def pair_scores(
     index_type = torch.int32 if rows_per_block * n2 < 1 << 31 else torch.int64
     rank1 = (torch.cumsum(used1, 0) - 1).to(index_type)
     rank2 = (torch.cumsum(used2, 0) - 1).to(index_type)
-    block = (rank1 // rows_per_block)[r1]
-    position = ((rank1 % rows_per_block) * n2)[r1]
-    position += rank2[r2]
+    block = torch.index_select(rank1 // rows_per_block, 0, r1)
+    position = torch.index_select((rank1 % rows_per_block) * n2, 0, r1)
+    position += torch.index_select(rank2, 0, r2)
     # pair files list each gallery template's comparisons together: blocks are then slices
-    if bool((block[1:] >= block[:-1]).all()):
-        boundary = torch.arange(n_blocks + 1, dtype=block.dtype, device=device)
-        bounds = torch.searchsorted(block, boundary).tolist()
-        order = None
-    else:  # numpy's stable sort of 16-bit keys is a radix sort
+    order = None
+    if not bool((block[1:] >= block[:-1]).all()):  # sort by block (16-bit keys: radix sort)
         keys = block.cpu().numpy().astype(np.uint16 if n_blocks <= 1 << 16 else np.uint32)
         order = torch.from_numpy(np.argsort(keys, kind="stable")).to(device)
-        bounds = [0, *torch.cumsum(torch.bincount(block, minlength=n_blocks), 0).tolist()]
+        block, position = block[order], position[order]
+    bounds = torch.searchsorted(block, torch.arange(n_blocks + 1, dtype=block.dtype,
+                                                    device=device)).tolist()
+    in_block_order = out if order is None else torch.empty_like(out)
     for b in range(n_blocks):
         start, end = bounds[b], bounds[b + 1]
-        if end == start:
-            continue
-        pairs = slice(start, end) if order is None else order[start:end]
-        products = first[b * rows_per_block:(b + 1) * rows_per_block] @ second.T
-        out[pairs] = products.view(-1)[position[pairs]]
+        if end > start:
+            products = first[b * rows_per_block:(b + 1) * rows_per_block] @ second.T
+            torch.index_select(products.view(-1), 0, position[start:end],
+                               out=in_block_order[start:end])
+    if order is not None:
+        out[order] = in_block_order
     return out.cpu().numpy()
 
 
