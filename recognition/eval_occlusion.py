@@ -33,37 +33,11 @@ from parsing.labels import FSE25
 from parsing.synth import SynthFaces
 from recognition.embedding import embed, load_backbone
 from recognition.ijbc import far_key, verification_report
-from recognition.verification import verification_accuracy
+from recognition.verification import sample_pairs, verification_accuracy
 
 DEFAULT_GROUPS = ("eyes", "brows", "around_eyes", "nose", "mouth", "cheeks", "chin",
                   "forehead", "ears", "hair")
 OCCLUSION_FARS = (1e-2, 1e-1)
-
-
-def sample_pairs(identities: np.ndarray, n_pairs: int, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n_pairs`` distinct-image pairs, half of them genuine, in random order ->
-    (first indices, second indices, issame)."""
-    identities = np.asarray(identities)
-    rng = np.random.default_rng(seed)
-    subjects, inverse, counts = np.unique(identities, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts >= 2)
-    if len(repeated) == 0 or len(subjects) < 2:
-        raise InputError("need at least two identities, one of them with two or more images")
-    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
-    n_genuine = n_pairs // 2
-    first, second = [], []
-    for s in rng.choice(repeated, n_genuine):
-        a, b = rng.choice(members[s], 2, replace=False)
-        first.append(a)
-        second.append(b)
-    for _ in range(n_pairs - n_genuine):
-        s, t = rng.choice(len(subjects), 2, replace=False)
-        first.append(rng.choice(members[s]))
-        second.append(rng.choice(members[t]))
-    order = rng.permutation(n_pairs)
-    issame = np.arange(n_pairs) < n_genuine
-    return np.asarray(first)[order], np.asarray(second)[order], issame[order]
 
 
 def open_faces(data: str, masks: str | None) -> tuple[torch.utils.data.Dataset, np.ndarray]:

@@ -175,3 +175,39 @@ def verification_accuracy(embeddings: np.ndarray | torch.Tensor, issame: np.ndar
         "best_threshold": thresholds[best].tolist(),
         "pairs": int(len(issame)),
     }
+
+
+def sample_pairs(identities: np.ndarray, n_pairs: int, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n_pairs`` distinct-image pairs, half of them genuine, in random order ->
+    (first indices, second indices, issame)."""
+    identities = np.asarray(identities)
+    rng = np.random.default_rng(seed)
+    subjects, inverse, counts = np.unique(identities, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts >= 2)
+    if len(repeated) == 0 or len(subjects) < 2:
+        raise InputError("need at least two identities, one of them with two or more images")
+    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
+    n_genuine = n_pairs // 2
+    first, second = [], []
+    for s in rng.choice(repeated, n_genuine):
+        a, b = rng.choice(members[s], 2, replace=False)
+        first.append(a)
+        second.append(b)
+    for _ in range(n_pairs - n_genuine):
+        s, t = rng.choice(len(subjects), 2, replace=False)
+        first.append(rng.choice(members[s]))
+        second.append(rng.choice(members[t]))
+    order = rng.permutation(n_pairs)
+    issame = np.arange(n_pairs) < n_genuine
+    return np.asarray(first)[order], np.asarray(second)[order], issame[order]
+
+
+def write_bin(path: str | os.PathLike, images: list[bytes], issame: np.ndarray) -> None:
+    """Write a verification ``.bin``: a pickle of (2N encoded images, N booleans)."""
+    issame = [bool(v) for v in np.asarray(issame, dtype=bool)]
+    if len(images) != 2 * len(issame):
+        raise InputError(f"{len(images)} images for {len(issame)} pairs (expected "
+                         f"{2 * len(issame)})")
+    with open(path, "wb") as f:
+        pickle.dump(([bytes(b) for b in images], issame), f, protocol=pickle.HIGHEST_PROTOCOL)

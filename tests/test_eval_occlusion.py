@@ -6,25 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from fserasing import erase_batch
-from parsing.errors import InputError
 from parsing.labels import FSE25
 from recognition.embedding import embed
-from recognition.eval_occlusion import occlusion_table, sample_pairs
+from recognition.eval_occlusion import occlusion_table
 from recognition.verification import verification_accuracy
-
-
-def test_sample_pairs_half_genuine_distinct_images():
-    identities = np.repeat(np.arange(7), 4)
-    first, second, issame = sample_pairs(identities, 101, seed=3)
-    assert len(first) == len(second) == len(issame) == 101
-    assert issame.sum() == 50
-    np.testing.assert_array_equal(identities[first] == identities[second], issame)
-    assert (first != second).all()
-    again = sample_pairs(identities, 101, seed=3)
-    for a, b in zip((first, second, issame), again, strict=True):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(InputError, match="two identities"):
-        sample_pairs(np.arange(5), 10)
 
 
 class _Tiny(torch.nn.Module):

@@ -17,7 +17,9 @@ from recognition.verification import (
     THRESHOLDS,
     decode_images,
     load_bin,
+    sample_pairs,
     verification_accuracy,
+    write_bin,
 )
 
 
@@ -247,3 +249,40 @@ def test_eval_verification_cli(tmp_path, monkeypatch, capsys):
     assert eval_verification.main(["--checkpoint", "c.pt", "--network", "tiny", "--bin",
                                    str(bad), "--device", "cpu"]) == 2
     assert "refused global" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_write_bin_round_trip(tmp_path):
+    blobs = _encoded_faces(4)
+    write_bin(tmp_path / "x.bin", blobs, np.array([True, False]))
+    images, issame = load_bin(tmp_path / "x.bin")
+    assert images == blobs and issame.tolist() == [True, False]
+    with pytest.raises(InputError, match="4 images for 3 pairs"):
+        write_bin(tmp_path / "y.bin", blobs, [True] * 3)
+
+
+def test_sample_pairs_half_genuine_distinct_images():
+    identities = np.repeat(np.arange(7), 4)
+    first, second, issame = sample_pairs(identities, 101, seed=3)
+    assert len(first) == len(second) == len(issame) == 101
+    assert issame.sum() == 50
+    np.testing.assert_array_equal(identities[first] == identities[second], issame)
+    assert (first != second).all()
+    again = sample_pairs(identities, 101, seed=3)
+    for a, b in zip((first, second, issame), again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="two identities"):
+        sample_pairs(np.arange(5), 10)
+
+
+@pytest.mark.slow
+def test_make_verification_bin_from_parsing_synth(tmp_path):
+    from parsing.synth import write_dataset
+    from recognition import make_verification_bin
+
+    write_dataset(tmp_path / "faces", 4, 3, seed=4, workers=1)
+    out = tmp_path / "synth.bin"
+    assert make_verification_bin.main(["--faces", str(tmp_path / "faces"), "--out", str(out),
+                                       "--pairs", "30"]) == 0
+    images, issame = load_bin(out)
+    assert len(images) == 60 and issame.sum() == 15
+    assert decode_images(images, progress=False).shape == (60, 3, 112, 112)
