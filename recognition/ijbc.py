@@ -540,15 +540,10 @@ def identification_report(
         pos = np.searchsorted(gallery_subjects[order], protocol.probe_subjects)
         pos[pos == len(order)] = 0
         mated = gallery_subjects[order][pos] == protocol.probe_subjects
-        mate_col = torch.from_numpy(order[pos]).to(features.device)
-        similarity = probe @ gallery.T
-        mate_score = similarity.gather(1, mate_col[:, None])
-        mated_t = torch.from_numpy(mated).to(features.device)
-        # rank of the mate; for non-mated probes the "mate" column is an arbitrary one
-        rank = (similarity >= mate_score).sum(1)
-        top = similarity.max(1).values.cpu().numpy()
-        rank = rank[mated_t].cpu().numpy()
-        mate_score = mate_score.squeeze(1)[mated_t].cpu().numpy()
+        rank, mate_score, top = _search(probe, gallery,
+                                        torch.from_numpy(order[pos]).to(features.device))
+        # for non-mated probes the "mate" column was an arbitrary one: drop those
+        rank, mate_score = rank[mated], mate_score[mated]
         nonmated_max = np.sort(top[~mated])[::-1]
         counts[name] = {k: int((rank <= k).sum()) for k in ranks}
         entry = {f"top{k}": counts[name][k] / max(len(rank), 1) for k in ranks}
@@ -574,6 +569,21 @@ def identification_report(
         },
     }
     return report
+
+
+def _search(probe: torch.Tensor, gallery: torch.Tensor, mate_column: torch.Tensor,
+            block_bytes: int = 1 << 26) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probe: rank of the given gallery column (1 + other columns scoring at least as
+    high), its score, and the best score; in blocks of probes of bounded memory."""
+    rows = max(1, block_bytes // (probe.element_size() * max(len(gallery), 1)))
+    rank, mate_score, top = [], [], []
+    for s in range(0, len(probe), rows):
+        similarity = probe[s:s + rows] @ gallery.T
+        mate = similarity.gather(1, mate_column[s:s + rows, None])
+        rank.append((similarity >= mate).sum(1).cpu())
+        mate_score.append(mate.squeeze(1).cpu())
+        top.append(similarity.max(1).values.cpu())
+    return tuple(torch.cat(x).numpy() for x in (rank, mate_score, top))
 
 
 def evaluate_verification(

@@ -14,6 +14,7 @@ from benchmarks.bench_ijbc import (
     synthetic_ijbc,
 )
 from parsing.errors import DataError, InputError
+from recognition import ijbc
 from recognition.ijbc import (
     FARS,
     IdentificationProtocol,
@@ -322,7 +323,10 @@ def _reference_open_set(probe, gallery, probe_ids, gallery_ids, fpirs):
     return top, len(pos), tpir
 
 
-def test_identification_report_equals_per_probe_loop():
+@pytest.mark.parametrize("probes_per_block", [7, None])
+def test_identification_report_equals_per_probe_loop(monkeypatch, probes_per_block):
+    if probes_per_block is not None:  # 20 gallery templates of float64 per probe row
+        monkeypatch.setattr(ijbc._search, "__defaults__", (8 * 20 * probes_per_block,))
     rng = np.random.default_rng(12)
     n_subjects, n_probes, dim = 40, 300, 16
     centres = rng.standard_normal((n_subjects, dim))
