@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from parsing.errors import DataError, InputError
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -47,10 +53,49 @@ def image_batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tenso
     return (images[s:s + batch_size] for s in range(0, len(images), batch_size))
 
 
-def load_backbone(network: str, checkpoint: str, device: torch.device | str = "cpu"
+def load_backbone(checkpoint: str | os.PathLike, network: str | None = None,
+                  network_kwargs: dict | None = None, device: torch.device | str = "cpu"
                   ) -> nn.Module:
-    """``recognition.create_backbone(network)`` with the weights of ``checkpoint`` (a plain
-    state_dict or a training checkpoint), in eval mode on ``device``."""
+    """A backbone with the weights of ``checkpoint`` (a plain state_dict or a training
+    checkpoint), in eval mode on ``device``.
+
+    ``network`` names it for ``recognition.create_backbone`` (with ``network_kwargs``); if it
+    is None, the ``model.json`` that ``recognition.train`` writes beside ``model.pt`` supplies
+    the network, its keyword arguments and the embedding size.
+    """
     from recognition import create_backbone
 
-    return create_backbone(network, checkpoint_path=checkpoint).to(device).eval()
+    kwargs = dict(network_kwargs or {})
+    if network is None:
+        info_path = Path(checkpoint).with_name("model.json")
+        try:
+            info = json.loads(info_path.read_text())
+            network = info["network"]
+        except FileNotFoundError:
+            raise InputError(f"give --network: no {info_path} beside the checkpoint") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{info_path}: not a model description ({exc})") from None
+        kwargs = {"num_features": info.get("embedding_size", 512),
+                  **(info.get("network_kwargs") or {}), **kwargs}
+    return create_backbone(network, checkpoint_path=checkpoint, **kwargs).to(device).eval()
+
+
+def network_kwargs_arg(text: str) -> dict:
+    """argparse type for ``--network-kwargs '{"num_features": 128}'``."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--checkpoint``, ``--network`` and ``--network-kwargs`` for :func:`load_backbone`."""
+    parser.add_argument("--checkpoint", required=required,
+                        help="backbone state_dict (a run's model.pt) or training checkpoint")
+    parser.add_argument("--network", help="backbone name for recognition.create_backbone "
+                        "(default: from the model.json beside the checkpoint)")
+    parser.add_argument("--network-kwargs", type=network_kwargs_arg, metavar="JSON",
+                        help="keyword arguments for the backbone, e.g. '{\"num_features\": 128}'")

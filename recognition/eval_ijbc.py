@@ -28,7 +28,7 @@ from parsing.align import align_face
 from parsing.cli import cli_main
 from parsing.errors import DataError, InputError
 from parsing.io import read_image
-from recognition.embedding import embed_batches, load_backbone
+from recognition.embedding import add_backbone_arguments, embed_batches, load_backbone
 from recognition.ijbc import (
     FARS,
     IJBProtocol,
@@ -105,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--data", required=True, help="IJB directory with meta/ and loose_crop/")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--checkpoint", help="backbone state_dict or training checkpoint")
-    p.add_argument("--network", help="backbone name for recognition.create_backbone")
+    add_backbone_arguments(p, required=False)
     p.add_argument("--name", choices=("ijbc", "ijbb"), default=None,
                    help="protocol (default: whichever meta files exist)")
     p.add_argument("--features", help="saved (N, D) image features (.npy): skip embedding")
@@ -125,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.features is None and (args.checkpoint is None or args.network is None):
-        raise InputError("give --checkpoint and --network, or --features to re-score")
+    if args.features is None and args.checkpoint is None:
+        raise InputError("give --checkpoint (and --network), or --features to re-score")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     protocol = read_protocol(args.data, args.name)
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise DataError(f"{args.features}: not a readable .npy feature file ({exc})") from None
     else:
         device = torch.device(args.device)
-        model = load_backbone(args.network, args.checkpoint, device)
+        model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
         features = embed_batches(
             model, aligned_batches(protocol, args.batch_size, args.workers, device),
             flip=not args.no_flip, device=device, total=len(protocol),

@@ -31,7 +31,7 @@ from parsing.cli import cli_main
 from parsing.errors import DataError, InputError
 from parsing.labels import FSE25
 from parsing.synth import SynthFaces
-from recognition.embedding import embed, load_backbone
+from recognition.embedding import add_backbone_arguments, embed, load_backbone
 from recognition.ijbc import far_key, verification_report
 from recognition.verification import sample_pairs, verification_accuracy
 
@@ -124,8 +124,7 @@ def plot_occlusion(table: dict[str, dict], path: Path, title: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_occlusion",
                                 description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--network", required=True)
+    add_backbone_arguments(p)
     p.add_argument("--data", required=True,
                    help="parsing.synth folder, or an ImageFolder of aligned faces with --masks")
     p.add_argument("--masks", help="masks for an ImageFolder --data (fserasing mask source)")
@@ -156,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gallery, probes = images[inverse[:len(first)]], images[inverse[len(first):]]
     probe_masks = masks[inverse[len(first):]]
     device = torch.device(args.device)
-    model = load_backbone(args.network, args.checkpoint, device)
+    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
     table = occlusion_table(model, gallery, probes, probe_masks, issame, groups, args.fill,
                             args.batch_size, not args.no_flip, args.seed, device)
     out = Path(args.out)

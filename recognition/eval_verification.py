@@ -21,7 +21,12 @@ import torch.nn.functional as F
 
 from parsing.cli import cli_main
 from parsing.errors import InputError
-from recognition.embedding import embed_batches, image_batches, load_backbone
+from recognition.embedding import (
+    add_backbone_arguments,
+    embed_batches,
+    image_batches,
+    load_backbone,
+)
 from recognition.verification import decode_images, load_bin, verification_accuracy
 
 
@@ -38,8 +43,7 @@ def evaluate_bin(model: torch.nn.Module, path: str | Path, batch_size: int = 64,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_verification",
                                 description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--checkpoint", required=True, help="backbone state_dict or training checkpoint")
-    p.add_argument("--network", required=True, help="backbone name (recognition.create_backbone)")
+    add_backbone_arguments(p)
     p.add_argument("--bin", nargs="+", required=True, metavar="FILE",
                    help="verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     device = torch.device(args.device)
-    model = load_backbone(args.network, args.checkpoint, device)
+    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
     results = {}
     for path in args.bin:
         results[Path(path).stem] = evaluate_bin(model, path, args.batch_size,

@@ -111,7 +111,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
                  "f.npy"]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "--checkpoint and --network" in capsys.readouterr().err
+    assert "give --checkpoint" in capsys.readouterr().err
     images, landmarks, identities = _faces(n_ids=2, per_id=2)
     write_synthetic_protocol(tmp_path, images, landmarks, identities)
     np.save(tmp_path / "f.npy", np.zeros((3, 8), np.float32))
