@@ -32,14 +32,8 @@ import sklearn.metrics
 import sklearn.preprocessing
 import torch
 
-from recognition.ijbc import (
-    FARS,
-    far_key,
-    pair_scores,
-    template_features,
-    template_rows,
-    verification_report,
-)
+from recognition.ijbc import pair_scores, template_features, template_rows
+from recognition.roc import FARS, far_key, verification_report
 
 IJBC = {"images": 469_375, "subjects": 3_531, "probes": 19_593, "pairs": 15_658_489,
         "genuine": 19_557}

@@ -30,15 +30,14 @@ from parsing.errors import DataError, InputError
 from parsing.io import read_image
 from recognition.embedding import add_backbone_arguments, embed_batches, load_backbone
 from recognition.ijbc import (
-    FARS,
     IJBProtocol,
     evaluate_verification,
-    far_key,
     identification_report,
     meta_path,
     read_identification_protocol,
     read_protocol,
 )
+from recognition.roc import FARS, far_key
 
 
 class LooseCrops(torch.utils.data.Dataset):

@@ -32,7 +32,7 @@ from parsing.errors import DataError, InputError
 from parsing.labels import FSE25
 from parsing.synth import SynthFaces
 from recognition.embedding import add_backbone_arguments, embed, load_backbone
-from recognition.ijbc import far_key, verification_report
+from recognition.roc import far_key, verification_report
 from recognition.verification import sample_pairs, verification_accuracy
 
 DEFAULT_GROUPS = ("eyes", "brows", "around_eyes", "nose", "mouth", "cheeks", "chin",

@@ -16,23 +16,19 @@ from benchmarks.bench_ijbc import (
 from parsing.errors import DataError, InputError
 from recognition import ijbc
 from recognition.ijbc import (
-    FARS,
     IdentificationProtocol,
     IJBProtocol,
     evaluate_verification,
-    far_key,
     identification_report,
     pair_scores,
     read_identification_protocol,
     read_protocol,
     read_template_pairs,
-    roc_curve,
-    tar_at_far,
     template_features,
     template_rows,
-    verification_report,
     write_meta,
 )
+from recognition.roc import FARS, far_key, roc_curve, tar_at_far, verification_report
 
 
 def _random_scores(rng, n, ties):
