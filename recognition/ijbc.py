@@ -20,7 +20,6 @@ memory (IJB-C: 469,375 images, 15,658,489 pairs).
 from __future__ import annotations
 
 import csv
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ import torch
 
 from parsing.errors import DataError, InputError
 from recognition.roc import far_key, verification_report
-
-logger = logging.getLogger(__name__)
 
 FPIRS = (0.01, 0.1)
 RANKS = (1, 5, 10)
