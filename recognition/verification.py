@@ -45,9 +45,10 @@ class _NDArrayName:
 
 
 def _safe_reconstruct(subtype, shape, dtype):
-    if subtype is not _NDArrayName:
-        raise pickle.UnpicklingError(f"array subtype {subtype!r}")
-    return _reconstruct(np.ndarray, shape, dtype)
+    # numpy pickles an array as _reconstruct(ndarray, (0,), "b") + __setstate__(bool data)
+    if subtype is not _NDArrayName or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"_reconstruct({subtype!r}, {shape!r})")
+    return _reconstruct(np.ndarray, (0,), dtype)
 
 
 def _safe_dtype(name, align=False, copy=False):

@@ -286,3 +286,15 @@ def test_make_verification_bin_from_parsing_synth(tmp_path):
     images, issame = load_bin(out)
     assert len(images) == 60 and issame.sum() == 15
     assert decode_images(images, progress=False).shape == (60, 3, 112, 112)
+
+
+class _HugeObjectArray:
+    def __reduce__(self):
+        return np.array([True]).__reduce__()[0], (np.ndarray, (10**12,), "O")
+
+
+def test_bin_cannot_allocate_arbitrary_arrays(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(py2_pickle((_encoded_faces(2), _HugeObjectArray())))
+    with pytest.raises(DataError, match=r"x\.bin: .*_reconstruct"):
+        load_bin(path)
