@@ -37,15 +37,27 @@ def embed(model: nn.Module, images: torch.Tensor, flip: bool = True) -> torch.Te
 def embed_batches(model: nn.Module, batches: Iterable[torch.Tensor], flip: bool = True,
                   device: torch.device | str = "cpu", total: int | None = None,
                   desc: str = "embed") -> torch.Tensor:
-    """Embed an iterable of uint8 image batches with a progress bar -> (N, D) float32, CPU."""
-    features = []
+    """Embed an iterable of uint8 image batches with a progress bar -> (N, D) float32, CPU.
+
+    With ``total`` (the number of images) the output is allocated once, not concatenated.
+    """
+    chunks, out, filled = [], None, 0
     with tqdm(total=total, desc=desc, unit="img") as bar:
         for images in batches:
-            features.append(embed(model, images.to(device), flip).float().cpu())
-            bar.update(len(images))
-    if not features:
-        return torch.empty(0, 0)
-    return torch.cat(features)
+            features = embed(model, images.to(device), flip).float().cpu()
+            if total is not None:
+                if out is None:
+                    out = torch.empty(total, features.shape[1])
+                out[filled:filled + len(features)] = features
+            else:
+                chunks.append(features)
+            filled += len(features)
+            bar.update(len(features))
+    if total is not None and filled != total:
+        raise InputError(f"{desc}: expected {total} images, got {filled}")
+    if out is not None:
+        return out
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def image_batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
