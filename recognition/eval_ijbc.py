@@ -93,10 +93,10 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, report: dict, label: str, path: P
 
 
 def format_table(name: str, report: dict) -> str:
-    head = "".join(f"{far_key(f):>9s}" for f in FARS)
-    row = "".join(f"{100 * report['tar_at_far'][far_key(f)]:9.2f}" for f in FARS)
-    return (f"{name} 1:1 TAR(%) @ FAR{head}      AUC(%)\n"
-            f"{'':{len(name) + 20}s}{row}  {100 * report['auc']:10.2f}")
+    head = f"{name + ' 1:1  FAR':16s}" + "".join(f"{far_key(f):>8s}" for f in FARS)
+    row = f"{'TAR (%)':16s}" + "".join(f"{100 * report['tar_at_far'][far_key(f)]:8.2f}"
+                                     for f in FARS)
+    return f"{head}   AUC (%)\n{row}  {100 * report['auc']:8.2f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
