@@ -10,6 +10,8 @@ import recognition
 from parsing.errors import InputError
 from recognition.backbones import IResNet, MobileFaceNet, TimmBackbone, register_backbone
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DEPTHS = {
     "iresnet18": (2, 2, 2, 2),
     "iresnet34": (3, 4, 6, 3),

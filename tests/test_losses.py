@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from parsing.errors import InputError
 from recognition.losses import CombinedMarginLoss, PartialFC
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MARGINS = {
     "arcface": (1.0, 0.5, 0.0),
     "cosface": (1.0, 0.0, 0.4),
@@ -221,6 +223,7 @@ WORLD, BATCH, DIM, CLASSES = 2, 3, 8, 7
 
 
 def _gloo_worker(rank, init_file, inputs, out_dir):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
