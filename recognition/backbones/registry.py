@@ -10,6 +10,7 @@ from torch import nn
 
 from parsing.errors import InputError
 from recognition.backbones.checkpoint import load_backbone_weights
+from recognition.backbones.timm_backbone import TimmBackbone
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 # insightface's config names (``config.network = "r50"``) resolve to ours.
@@ -55,8 +56,6 @@ def create_backbone(name: str, checkpoint_path: str | os.PathLike | None = None,
         (B, num_features) raw, unnormalised embeddings.
     """
     if name.startswith(TIMM_PREFIX):
-        from recognition.backbones.timm_backbone import TimmBackbone
-
         model = TimmBackbone(name[len(TIMM_PREFIX):], **kwargs)
     else:
         key = _ALIASES.get(name, name)
