@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from parsing.cli import cli_main
 from parsing.errors import InputError
+from parsing.synth import SynthFaces
 from recognition.ijbc import GALLERY_NAMES, IdentificationProtocol, IJBProtocol, write_meta
 
 
@@ -121,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from parsing.synth import SynthFaces
-
     faces = SynthFaces(args.faces)
     samples = [faces[i] for i in tqdm(range(len(faces)), desc="read faces", unit="img")]
     images = torch.stack([s[0] for s in samples])

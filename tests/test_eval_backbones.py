@@ -11,9 +11,6 @@ from parsing.errors import InputError
 from parsing.io import atomic_save
 from recognition.embedding import load_backbone
 
-pytestmark = pytest.mark.skipif(not hasattr(recognition, "create_backbone"),
-                                reason="recognition.create_backbone is not on this branch yet")
-
 
 @pytest.fixture(scope="module")
 def mbf_run(tmp_path_factory):
