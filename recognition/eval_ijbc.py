@@ -101,7 +101,8 @@ def format_table(name: str, report: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_ijbc",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="IJB directory with meta/ and loose_crop/")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     add_backbone_arguments(p, required=False)

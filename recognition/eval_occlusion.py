@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from fserasing import MaskedImageFolder, erase_batch
+from fserasing import FILL_MODES, MaskedImageFolder, erase_batch
 from parsing.cli import cli_main
 from parsing.errors import DataError, InputError
 from parsing.labels import FSE25
@@ -123,7 +123,8 @@ def plot_occlusion(table: dict[str, dict], path: Path, title: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_occlusion",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
     p.add_argument("--data", required=True,
                    help="parsing.synth folder, or an ImageFolder of aligned faces with --masks")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=1000, help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help="comma-separated FSE-25 groups or classes, one erased at a time")
-    p.add_argument("--fill", default="random", help="fserasing fill mode (default random)")
+    p.add_argument("--fill", default="random", choices=FILL_MODES,
+                   help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-flip", action="store_true")

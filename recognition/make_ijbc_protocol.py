@@ -111,7 +111,8 @@ def write_synthetic_protocol(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.make_ijbc_protocol",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faces", required=True, help="a parsing.synth data set folder")
     p.add_argument("--out", required=True, help="protocol folder (meta/ and loose_crop/)")
     p.add_argument("--name", choices=tuple(GALLERY_NAMES), default="ijbc")
