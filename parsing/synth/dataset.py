@@ -34,7 +34,7 @@ from parsing.synth.genes import bound_groups, face_genes
 from parsing.synth.render import Face, render_face
 
 MIN_SIZE = 64
-_CHUNK = 32  # images per worker task
+_CHUNK = 32  # most images per worker task
 
 
 def _check(n_identities: int, images_per_identity: int, size: int) -> None:
@@ -137,9 +137,11 @@ def write_dataset(
     out = Path(out)
     _prepare(out)
     count = n_identities * images_per_identity
-    jobs = [(out, seed, start, min(start + _CHUNK, count), images_per_identity, size, loose, bound)
-            for start in range(0, count, _CHUNK)]
-    workers = min(workers or len(os.sched_getaffinity(0)), len(jobs))
+    workers = workers or len(os.sched_getaffinity(0))
+    chunk = max(1, min(_CHUNK, count // (4 * workers)))  # chunking never changes the files
+    jobs = [(out, seed, start, min(start + chunk, count), images_per_identity, size, loose, bound)
+            for start in range(0, count, chunk)]
+    workers = min(workers, len(jobs))
     bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
     if workers == 1:
         results = _run(map(_write_chunk, jobs), bar)

@@ -303,14 +303,14 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     cheek, chin, eye, nose, mouth = (genes[k] for k in ("cheeks", "chin", "eyes", "nose", "mouth"))
     yaw = 0.25 * (n.yaw_a + n.yaw_b - 1.0)
     smile = open_ = lift = narrow = 0.0
-    squint = _lerp(0.85, 1.08, n.squint)
+    squint = _lerp(0.92, 1.05, n.squint)
     if n.expression > 0.82:  # surprise
         open_, lift = _lerp(3.0, 6.5, n.open), _lerp(1.0, 3.0, n.brow_raise)
         squint, narrow = 1.12, 0.5 * open_
     elif n.expression > 0.35:  # smile, often showing teeth
         smile = _lerp(0.3, 1.0, n.smile)
         open_ = _lerp(1.5, 4.0, n.open) if n.open > 0.4 else 0.0
-        squint *= 1.0 - 0.22 * smile
+        squint *= 1.0 - 0.15 * smile
 
     a = _lerp(36.5, 43.0, cheek.width)
     fy, chin_y = 54.0, _lerp(103.0, 112.0, chin.length)
@@ -336,11 +336,13 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     if loose:
         scale = _lerp(0.42, 0.75, n.scale) * size / 112
         room = (size - scale * 112) * 0.4
-        target = (size / 2 + _lerp(-room, room, n.loose_x), size / 2 + _lerp(-room, room, n.loose_y))
+        target = (size / 2 + _lerp(-room, room, n.loose_x),
+                  size / 2 + _lerp(-room, room, n.loose_y))
         place = _placement(_lerp(-0.45, 0.45, n.rotation), scale, (56.0, 60.0), target)
     else:
         k = size / 112
-        target = (k * (56.0 + _lerp(-2.5, 2.5, n.shift_x)), k * (56.0 + _lerp(-2.5, 2.5, n.shift_y)))
+        target = (k * (56.0 + _lerp(-2.5, 2.5, n.shift_x)),
+                  k * (56.0 + _lerp(-2.5, 2.5, n.shift_y)))
         place = _placement(_lerp(-0.14, 0.14, n.rotation), _lerp(0.94, 1.06, n.scale) * k,
                            (56.0, 56.0), target)
     align = _similarity(landmarks, TEMPLATE)
@@ -425,9 +427,9 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     nw = _lerp(7.0, 10.5, nose.width)
 
     # the skin regions follow the turned features: turn the points they are built from at once
-    key = canvas.turn(np.concatenate([line_r, line_l, [
-        [_MID, 0.0], e_r, e_l, [tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5], c_r, c_l]]),
-        np.r_[np.full(22, 2.0), 0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
+    alae = [[tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5]]
+    key = canvas.turn(np.concatenate([line_r, line_l, [[_MID, 0.0], e_r, e_l, *alae, c_r, c_l]]),
+                      np.r_[np.full(22, 2.0), 0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
     line_r, line_l = key[:11], key[11:22]
     x_mid = key[22, 0]
     centres, alae, corners = key[23:25], key[25:27], key[27:29]
@@ -446,7 +448,8 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
             [centre[0], centre[1] + eh * 0.4 + bag], [x_mid, centre[1] + 7.0], [x_mid, glabella]]]),
             value))
     regions += [
-        (np.concatenate([[[-FAR, -FAR], [line_r[0, 0], -FAR]], line_r, [[-FAR, line_r[-1, 1]]]]), 5),
+        (np.concatenate([[[-FAR, -FAR], [line_r[0, 0], -FAR]], line_r, [[-FAR, line_r[-1, 1]]]]),
+         5),
         (np.concatenate([[[line_l[0, 0], -FAR], [FAR, -FAR], [FAR, line_l[-1, 1]]], line_l[::-1]]),
          6),
         (np.array([[line_r[0, 0], -FAR], [line_l[0, 0], -FAR], line_l[0], [x_mid + 1.5, glabella],
@@ -483,9 +486,9 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.78, tip[1] + 0.8, nw * 0.22, 2.4, 12),
                     SUB["nose_side"], 4.0)
-    canvas.fill([[tip[0] - 0.7, eye_y + 3.0], [tip[0] + 0.7, eye_y + 3.0], [tip[0] + 2.0, tip[1] - 1.0],
-                 [tip[0], tip[1] + 1.0], [tip[0] - 2.0, tip[1] - 1.0]], SUB["nose_ridge"],
-                np.array([4.0, 4.0, 10.0, 10.0, 10.0]))
+    ridge = [[tip[0] - 0.7, eye_y + 3.0], [tip[0] + 0.7, eye_y + 3.0],
+             [tip[0] + 2.0, tip[1] - 1.0], [tip[0], tip[1] + 1.0], [tip[0] - 2.0, tip[1] - 1.0]]
+    canvas.fill(ridge, SUB["nose_ridge"], np.array([4.0, 4.0, 10.0, 10.0, 10.0]))
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.38, bottom - 1.3, _lerp(1.2, 2.2, nose.nostrils),
                              0.9, 12), SUB["nostril"], 6.0)
@@ -512,13 +515,14 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
         teeth_bottom = np.minimum(teeth_top + _lerp(1.6, 3.0, mouth.teeth),
                                   np.interp(tt, t, inner_low) - 0.4)
         tx = np.interp(tt, t, mx)
-        canvas.fill(np.concatenate([np.stack([tx, teeth_top], 1),
-                                    np.stack([tx[::-1], teeth_bottom[::-1]], 1)]), SUB["teeth"], 2.5)
+        teeth = np.concatenate([np.stack([tx, teeth_top], 1),
+                                np.stack([tx[::-1], teeth_bottom[::-1]], 1)])
+        canvas.fill(teeth, SUB["teeth"], 2.5)
     canvas.fill(band(lip_top, inner_up), 18, depth)
     canvas.fill(band(inner_low, lip_bottom), 19, depth)
 
-    gaze = np.array([_lerp(-1.5, 1.5, n.gaze_x), _lerp(-0.3, 1.2, n.gaze_y)])
-    radius = ew * _lerp(0.26, 0.33, eye.iris_size)
+    gaze = np.array([_lerp(-1.0, 1.0, n.gaze_x), _lerp(-0.2, 0.8, n.gaze_y)])
+    radius = ew * _lerp(0.27, 0.36, eye.iris_size)
     for centre, s, sclera, suffix in ((e_r, -1, 11, "r"), (e_l, 1, 12, "l")):
         shape, upper = _eye(centre, ew, eh, tilt, s)
         canvas.fill(shape, sclera, 1.0)
@@ -588,7 +592,8 @@ def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
     if hat.kind >= 0.8:  # a headband over the hair
         y = (style.hairline if style.fringe == 0 else rim_y) + 1.0 + 4.0 * xs * xs
         x = _MID + xs * rx * 0.97
-        canvas.fill(np.concatenate([np.stack([x, y - 2.2], 1), np.stack([x, y + 2.2], 1)[::-1]]), 24)
+        canvas.fill(np.concatenate([np.stack([x, y - 2.2], 1), np.stack([x, y + 2.2], 1)[::-1]]),
+                    24)
         return
     crown = _head_arc(rx, ry, geo.fy, rim_y)
     edge = np.stack([_MID + xs * (crown[-1, 0] - _MID), rim_y + 3.0 * (1 - xs * xs)], 1)

@@ -18,8 +18,9 @@ _SKIN_TONES = np.array([(255, 228, 206), (246, 206, 176), (232, 183, 148), (210,
 _HAIR_COLOURS = np.array([(22, 18, 16), (48, 32, 24), (82, 54, 34), (122, 82, 48),
                           (176, 136, 84), (226, 196, 132), (150, 64, 32), (150, 146, 142),
                           (228, 226, 220)], np.float32)
-_IRIS_COLOURS = np.array([(58, 34, 20), (104, 66, 34), (118, 98, 48), (68, 112, 62),
-                          (72, 112, 172), (118, 128, 138)], np.float32)
+_IRIS_COLOURS = np.array([(50, 30, 18), (110, 64, 28), (150, 100, 40), (116, 112, 52),
+                          (58, 128, 72), (56, 112, 196), (118, 140, 162), (132, 172, 222)],
+                         np.float32)
 _BROW_COLOURS = np.array([(26, 20, 18), (56, 38, 28), (94, 64, 42), (150, 116, 76)], np.float32)
 _LIP_RED = np.array([196.0, 72.0, 88.0], np.float32)
 _LUMA = np.ones((3, 1)) @ np.array([[0.299, 0.587, 0.114]])
@@ -52,8 +53,8 @@ _SKIN_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, SUB["nose_side"], SUB["nose_ridge"],
 
 def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-image colour of every sub-label, (256, 3) float32, and the second background colour."""
-    skin, hair, eye, brow = genes["skin"], genes["hair"], genes["eyes"], genes["brows"]
-    mouth, cloth, glasses, hat = genes["mouth"], genes["clothing"], genes["glasses"], genes["headwear"]
+    skin, hair, eye, brow, mouth = (genes[k] for k in ("skin", "hair", "eyes", "brows", "mouth"))
+    cloth, glasses, hat = genes["clothing"], genes["glasses"], genes["headwear"]
     pos = skin.tone * (len(_SKIN_TONES) - 1)
     i = min(int(pos), len(_SKIN_TONES) - 2)
     warm = _lerp(-7.0, 7.0, skin.hue)
@@ -127,7 +128,8 @@ class FaceFrame(NamedTuple):
     curly: bool
 
 
-def _smooth_light(size: int, n: Any, matrix: np.ndarray, frame: FaceFrame) -> tuple[np.ndarray, ...]:
+def _smooth_light(size: int, n: Any, matrix: np.ndarray,
+                  frame: FaceFrame) -> tuple[np.ndarray, np.ndarray]:
     """Skin shading towards the face's edge and the light gradient, both (S, S) float32.
 
     Both are smooth, so they are computed on a 4x coarser grid and stretched.
