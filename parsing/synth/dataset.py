@@ -14,11 +14,12 @@ files are byte-identical for any number of worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def generate(
     _check(n_identities, images_per_identity, size)
     bound = bound_groups(identity_regions)
     count = n_identities * images_per_identity
-    faces = [render_index(seed, i, images_per_identity, size, loose, bound) for i in range(count)]
+    with _serial_opencv():
+        faces = [render_index(seed, i, images_per_identity, size, loose, bound)
+                 for i in range(count)]
     images = torch.from_numpy(np.stack([f.image for f in faces])).permute(0, 3, 1, 2)
     return (
         images.contiguous(),
@@ -100,9 +103,19 @@ def _write_chunk(job: tuple) -> np.ndarray:
     return landmarks
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # parallelism comes from the processes
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def _serial_opencv() -> Iterator[None]:
+    """Keep OpenCV's thread pool out of rendering: faces are small and processes give the
+    parallelism. Forked workers then never use a pool whose threads stayed in the parent
+    (reconfiguring it in the child deadlocks), and they touch no torch (its OpenMP pool has
+    the same problem): they render with numpy and OpenCV only.
+    """
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def _prepare(out: Path) -> None:
@@ -143,11 +156,12 @@ def write_dataset(
             for start in range(0, count, chunk)]
     workers = min(workers, len(jobs))
     bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
-    if workers == 1:
-        results = _run(map(_write_chunk, jobs), bar)
-    else:
-        with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
-            results = _run(pool.imap(_write_chunk, jobs), bar)
+    with _serial_opencv():
+        if workers == 1:
+            results = _run(map(_write_chunk, jobs), bar)
+        else:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                results = _run(pool.imap(_write_chunk, jobs), bar)
     bar.close()
     landmarks = np.concatenate(results).reshape(count, 10)
     ids = range(count)
