@@ -357,7 +357,8 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     _draw_glasses(canvas, genes["glasses"], geo)
     _draw_headwear(canvas, genes["headwear"], geo)
     canvas.flush()
-    frame = FaceFrame(a, fy, chin_y, (_MID + geo.hair.part * 0.5, top + 6.0), geo.hair.curly)
+    frame = FaceFrame(a, fy, chin_y, (_MID + geo.hair.part * 0.5, top + 6.0), geo.hair.curly,
+                      landmarks)
     image = shade_face(canvas.sub, genes, n, matrix, frame)
     label_map = SUB_TO_CLASS[canvas.sub[::2, ::2]]
     return Face(image, label_map, (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32))

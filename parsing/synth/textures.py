@@ -71,7 +71,8 @@ def _strands(rng: np.random.Generator, n: int, count: float) -> np.ndarray:
     phase = count * theta + 6.0 * phase_noise[bins] + 0.8 * np.sin(2 * np.pi * 4.0 * radius)
     strands = 0.5 + 0.5 * np.sin(phase)
     field = 0.55 * strands + 0.45 * np.clip(clumps[bins], 0.0, 1.0)
-    return field.astype(np.float32)
+    fade = np.clip(radius / 0.1, 0.0, 1.0)  # strands converge at the crown: calm it down
+    return (0.5 + (field - 0.5) * fade).astype(np.float32)
 
 
 def _curls(rng: np.random.Generator, n: int, s: int) -> np.ndarray:
