@@ -33,6 +33,7 @@ from parsing.errors import DataError, InputError
 from parsing.io import read_image, read_label_map
 from parsing.synth.genes import bound_groups, face_genes
 from parsing.synth.render import Face, render_face
+from parsing.synth.textures import texture_bank
 
 MIN_SIZE = 64
 _CHUNK = 32  # most images per worker task
@@ -155,6 +156,7 @@ def write_dataset(
     jobs = [(out, seed, start, min(start + chunk, count), images_per_identity, size, loose, bound)
             for start in range(0, count, chunk)]
     workers = min(workers, len(jobs))
+    texture_bank(size)  # built once here, shared by forked workers
     bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
     with _serial_opencv():
         if workers == 1:

@@ -26,8 +26,13 @@ TEMPLATE = ARCFACE_TEMPLATE.numpy()
 FAR = 400.0  # "beyond any canvas" in canonical pixels
 _MID = 56.0  # canonical face midline
 _YAW_RADIUS = 52.0  # features sit on a cylinder of this radius for the yaw-like turn
-_T = np.linspace(-1.0, 1.0, 13)
-_T01 = np.linspace(0.0, 1.0, 11)
+_T = np.linspace(-1.0, 1.0, 13)  # across eyes and mouth
+_ENV = 1.0 - _T * _T
+_T01 = np.linspace(0.0, 1.0, 11)  # along a brow
+_LIP_DEPTH = np.concatenate([2.0 + _ENV, 2.0 + _ENV[::-1]])  # the lips' middle sticks out
+# how far the points the skin regions are built from stick out: brow lines, midline, eyes,
+# alae, mouth corners
+_KEY_DEPTH = np.array([2.0] * 22 + [0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
 
 
 class Face(NamedTuple):
@@ -161,7 +166,7 @@ class _Canvas:
             pts[turned] = _yaw(pts[turned], self.yaw, depth[turned])
         m16 = 16.0 * self.matrix  # OpenCV fixed point, shift=4
         fixed = np.rint(pts @ m16[:, :2].T + m16[:, 2]).astype(np.int32)
-        polys = np.split(fixed, ends[:-1])
+        polys = [fixed[e - n : e] for e, n in zip(ends.tolist(), lengths, strict=True)]
         for op in self._ops:
             if op[0] == "fill":
                 cv2.fillPoly(self.sub, [polys[op[1]]], op[2], cv2.LINE_8, 4)
@@ -430,7 +435,7 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     # the skin regions follow the turned features: turn the points they are built from at once
     alae = [[tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5]]
     key = canvas.turn(np.concatenate([line_r, line_l, [[_MID, 0.0], e_r, e_l, *alae, c_r, c_l]]),
-                      np.r_[np.full(22, 2.0), 0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
+                      _KEY_DEPTH)
     line_r, line_l = key[:11], key[11:22]
     x_mid = key[22, 0]
     centres, alae, corners = key[23:25], key[25:27], key[27:29]
@@ -495,8 +500,7 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
                              0.9, 12), SUB["nostril"], 6.0)
 
     # mouth: curves across it from the subject's right corner to the left one
-    t = _T
-    env = 1.0 - t * t
+    t, env = _T, _ENV
     mx = c_r[0] + (c_l[0] - c_r[0]) * (t + 1) / 2
     base = c_r[1] + (c_l[1] - c_r[1]) * (t + 1) / 2 + 1.6 * smile * env
     bow = _lerp(0.1, 0.5, mouth.bow) * np.exp(-((t / 0.2) ** 2))
@@ -504,13 +508,12 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     inner_up = base - 0.25 * open_ * env
     inner_low = base + 0.75 * open_ * env**0.8
     lip_bottom = inner_low + _lerp(2.8, 5.5, mouth.lower) * env**0.55
-    depth = np.r_[2.0 + env, 2.0 + env[::-1]]
 
     def band(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
         return np.concatenate([np.stack([mx, upper], 1), np.stack([mx[::-1], lower[::-1]], 1)])
 
     if open_ > 0:
-        canvas.fill(band(inner_up, inner_low), 17, depth)
+        canvas.fill(band(inner_up, inner_low), 17, _LIP_DEPTH)
         tt = np.linspace(-0.8, 0.8, 9)
         teeth_top = np.interp(tt, t, inner_up)
         teeth_bottom = np.minimum(teeth_top + _lerp(1.6, 3.0, mouth.teeth),
@@ -519,8 +522,8 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
         teeth = np.concatenate([np.stack([tx, teeth_top], 1),
                                 np.stack([tx[::-1], teeth_bottom[::-1]], 1)])
         canvas.fill(teeth, SUB["teeth"], 2.5)
-    canvas.fill(band(lip_top, inner_up), 18, depth)
-    canvas.fill(band(inner_low, lip_bottom), 19, depth)
+    canvas.fill(band(lip_top, inner_up), 18, _LIP_DEPTH)
+    canvas.fill(band(inner_low, lip_bottom), 19, _LIP_DEPTH)
 
     gaze = np.array([_lerp(-1.0, 1.0, n.gaze_x), _lerp(-0.2, 0.8, n.gaze_y)])
     radius = ew * _lerp(0.27, 0.36, eye.iris_size)

@@ -30,8 +30,8 @@ class TextureBank:
     def window(self, field: np.ndarray, top: float, left: float) -> np.ndarray:
         """The S x S window of ``field`` starting at (top, left), clamped into the field."""
         s = self.size
-        y = int(np.clip(round(top), 0, field.shape[-2] - s))
-        x = int(np.clip(round(left), 0, field.shape[-1] - s))
+        y = min(max(round(top), 0), field.shape[-2] - s)
+        x = min(max(round(left), 0), field.shape[-1] - s)
         return field[..., y : y + s, x : x + s]
 
 
