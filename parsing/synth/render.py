@@ -118,7 +118,8 @@ class _Canvas:
 
     def _queue(self, pts: Any, depth: float | np.ndarray | None) -> int:
         self._pts.append(pts if isinstance(pts, np.ndarray) else np.array(pts, np.float64))
-        self._depth.append(math.nan if depth is None else depth)
+        self._depth.append(math.nan if depth is None else
+                           float(depth) if np.ndim(depth) == 0 else np.asarray(depth))
         return len(self._pts) - 1
 
     def fill(self, pts: Any, value: int, depth: float | np.ndarray | None = None) -> None:
@@ -287,7 +288,7 @@ def _hair_style(hair: Any, n: Any) -> _Hair:
 class _Geometry(NamedTuple):
     """The face frame shared by the drawing steps (canonical coordinates, before the turn)."""
 
-    a: float  # half width of the face
+    half_width: float  # of the face at its widest line
     fy: float  # height of the widest line
     top: float  # top of the skull
     chin_y: float
@@ -326,7 +327,7 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
                         TEMPLATE[2] + (0.0, _lerp(-2.5, 2.5, nose.length)),
                         TEMPLATE[3] + (-widen, -2.5 * smile), TEMPLATE[4] + (widen, -2.5 * smile)])
     geo = _Geometry(
-        a=a, fy=fy, top=top, chin_y=chin_y,
+        half_width=a, fy=fy, top=top, chin_y=chin_y,
         outline=_face_outline(a, top, fy, chin_y, _lerp(2.0, 3.3, chin.jaw),
                               _lerp(0.0, 0.3, chin.taper)),
         anchors=anchors,
@@ -381,7 +382,7 @@ def _neckline(kind: float, depth: float, half: float, y: float) -> np.ndarray:
 def _draw_body(canvas: _Canvas, genes: dict[str, Any], geo: _Geometry) -> None:
     """Hair behind the head, the neck with the jaw's shadow, clothing."""
     hair, neck, cloth, style = genes["hair"], genes["neck"], genes["clothing"], geo.hair
-    a, fy = geo.a, geo.fy
+    a, fy = geo.half_width, geo.fy
     if style.length and not style.bald:
         rx, ry = a + style.volume + 1.0, fy - geo.top + style.volume
         end = (geo.chin_y - _lerp(2.0, 14.0, hair.shade) if style.length == 1
@@ -416,7 +417,7 @@ def _draw_ears(canvas: _Canvas, ear: Any, geo: _Geometry) -> None:
     for side, value, inner, show in ((-1, 15, SUB["ear_inner_r"], 1.0 + 2.2 * canvas.yaw),
                                      (1, 16, SUB["ear_inner_l"], 1.0 - 2.2 * canvas.yaw)):
         show = min(max(show, 0.3), 1.6)
-        w, cx = rx * show, _MID + side * (geo.a - 2.5 + out * show)
+        w, cx = rx * show, _MID + side * (geo.half_width - 2.5 + out * show)
         canvas.fill(np.stack([cx + side * w * c * narrow, cy + ry * s], axis=1), value)
         canvas.fill(_ellipse(cx + side * w * 0.3, cy - 1.0, w * 0.42, ry * 0.58, 16), inner)
 
@@ -542,7 +543,7 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
 
 
 def _draw_hair(canvas: _Canvas, geo: _Geometry) -> None:
-    style, a = geo.hair, geo.a
+    style, a = geo.hair, geo.half_width
     eye_y = (geo.anchors[0, 1] + geo.anchors[1, 1]) / 2
     if style.bald:
         for s in (-1, 1):
@@ -582,13 +583,13 @@ def _draw_glasses(canvas: _Canvas, glasses: Any, geo: _Geometry) -> None:
                 width, 5.0)
     starts = canvas.turn([[e_r[0] - rx, e_r[1] - 1.0], [e_l[0] + rx, e_l[1] - 1.0]], 4.0)
     for start, s in zip(starts, (-1, 1), strict=True):  # temples run to the side of the head
-        canvas.line([start, [_MID + s * (geo.a + 1.0), start[1] - 1.0]], 23, width)
+        canvas.line([start, [_MID + s * (geo.half_width + 1.0), start[1] - 1.0]], 23, width)
 
 
 def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
     if hat.present >= 0.25:
         return
-    style, a = geo.hair, geo.a
+    style, a = geo.hair, geo.half_width
     vol = 0.0 if style.bald else style.volume
     rx, ry = a + vol + 2.5, geo.fy - geo.top + vol + 2.5
     rim_y = _lerp(14.0, 30.0, hat.height)
