@@ -219,7 +219,9 @@ class SynthFaces(torch.utils.data.Dataset):
     ``ds[i]`` is (image uint8 (3, H, W), FSE-25 label map uint8 (H, W), landmarks float32
     (5, 2), identity int). A torchvision v2 ``transform`` is called as ``transform(image, mask,
     keypoints)`` with ``tv_tensors`` Image, Mask and KeyPoints, so geometric transforms move
-    the landmarks too. ``identities`` lists every sample's identity.
+    the landmarks too (a horizontal flip also swaps which point is the image-left eye: reorder
+    them if the ArcFace order matters). ``frame_ids`` and ``identities`` list every sample's
+    frame id and identity.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:

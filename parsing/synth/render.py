@@ -385,7 +385,7 @@ def _draw_body(canvas: _Canvas, genes: dict[str, Any], geo: _Geometry) -> None:
     a, fy = geo.half_width, geo.fy
     if style.length and not style.bald:
         rx, ry = a + style.volume + 1.0, fy - geo.top + style.volume
-        end = (geo.chin_y - _lerp(2.0, 14.0, hair.shade) if style.length == 1
+        end = (geo.chin_y - _lerp(2.0, 14.0, hair.bob) if style.length == 1
                else _lerp(125.0, 170.0, hair.length))
         flare = 1.5 if style.length == 1 else 5.0
         canvas.fill(np.concatenate([_head_arc(rx, ry, fy, fy, 0.04 * style.curly), [
@@ -393,19 +393,19 @@ def _draw_body(canvas: _Canvas, genes: dict[str, Any], geo: _Geometry) -> None:
             [_MID - rx - flare, end - 6.0]]]), SUB["hair_back"])
     half_neck = a * _lerp(0.48, 0.6, neck.width)
     collar_y = _lerp(99.0, 112.0, cloth.height)
-    neckline = _neckline(cloth.neckline, cloth.pattern, half_neck * 1.05, collar_y)
+    neckline = _neckline(cloth.neckline, cloth.depth, half_neck * 1.05, collar_y)
     canvas.fill(np.concatenate([[[_MID - half_neck, fy], [_MID + half_neck, fy]], neckline[::-1]]),
                 20)
     jaw = geo.outline[20:] + (0.0, _lerp(3.0, 6.0, neck.shade))
     jaw[:, 0] = np.clip(jaw[:, 0], _MID - half_neck, _MID + half_neck)
     canvas.fill(jaw, SUB["neck_shadow"])
     shoulder = a + 24.0
-    drop = collar_y + _lerp(0.12, 0.4, cloth.amount) * (shoulder - half_neck)
+    drop = collar_y + _lerp(0.12, 0.4, cloth.slope) * (shoulder - half_neck)
     canvas.fill(np.concatenate([neckline, [
         [_MID + shoulder, drop], [_MID + shoulder + 22.0, drop + 30.0],
         [_MID + shoulder + 22.0, FAR], [_MID - shoulder - 22.0, FAR],
         [_MID - shoulder - 22.0, drop + 30.0], [_MID - shoulder, drop]]]), 22)
-    canvas.line(neckline, SUB["collar"], _lerp(1.0, 2.5, cloth.colour2))
+    canvas.line(neckline, SUB["collar"], _lerp(1.0, 2.5, cloth.collar))
 
 
 def _draw_ears(canvas: _Canvas, ear: Any, geo: _Geometry) -> None:
@@ -603,13 +603,13 @@ def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
     crown = _head_arc(rx, ry, geo.fy, rim_y)
     edge = np.stack([_MID + xs * (crown[-1, 0] - _MID), rim_y + 3.0 * (1 - xs * xs)], 1)
     canvas.fill(np.concatenate([crown, edge]), 24)
-    band = np.concatenate([edge - (0.0, _lerp(3.0, 6.0, hat.amount)), edge[::-1]])
+    band = np.concatenate([edge - (0.0, _lerp(3.0, 6.0, hat.band)), edge[::-1]])
     if hat.kind < 0.3:  # beanie: a folded band
         canvas.fill(band, SUB["hat_band"])
     elif hat.kind < 0.6:  # cap: a brim towards the camera
-        canvas.fill(_ellipse(_MID, rim_y + 2.0, a * 0.9, _lerp(4.0, 7.0, hat.amount), 13, 0.0,
+        canvas.fill(_ellipse(_MID, rim_y + 2.0, a * 0.9, _lerp(4.0, 7.0, hat.brim), 13, 0.0,
                              math.pi), SUB["hat_brim"], 8.0)
     else:  # wide brim
         canvas.fill(band, SUB["hat_band"])
-        canvas.fill(_ellipse(_MID, rim_y + 1.0, rx + _lerp(12.0, 22.0, hat.amount),
-                             _lerp(3.5, 6.0, hat.pattern), 28), SUB["hat_brim"])
+        canvas.fill(_ellipse(_MID, rim_y + 1.0, rx + _lerp(12.0, 22.0, hat.brim),
+                             _lerp(3.5, 6.0, hat.band), 28), SUB["hat_brim"])

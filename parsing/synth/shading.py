@@ -75,7 +75,7 @@ def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     rgb[_SKIN_IDS] = factors * tone
 
     rgb[0] = _hsv(n.bg_hue, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.25, 0.95, n.bg_val))
-    rgb[[11, 12]] = (_lerp(205.0, 245.0, eye.lash),) * 3
+    rgb[[11, 12]] = (_lerp(205.0, 245.0, eye.sclera),) * 3
     rgb[[SUB["iris_r"], SUB["iris_l"]]] = _pick(_IRIS_COLOURS, eye.iris)
     rgb[[13, 14]] = _pick(_BROW_COLOURS, brow.colour)
     red = _lerp(0.25, 0.75, mouth.colour)
@@ -84,11 +84,11 @@ def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     rgb[SUB["teeth"]] = _lerp(200.0, 240.0, mouth.teeth) * np.array([1.0, 0.98, 0.9])
     hair_rgb = _pick(_HAIR_COLOURS, hair.colour) * _lerp(0.85, 1.15, hair.shade)
     rgb[21], rgb[SUB["hair_back"]] = hair_rgb, hair_rgb * 0.78
-    rgb[22] = _hsv(cloth.colour, _lerp(0.0, 0.8, cloth.colour2), _lerp(0.2, 0.95, cloth.amount))
+    rgb[22] = _hsv(cloth.hue, _lerp(0.0, 0.8, cloth.saturation), _lerp(0.2, 0.95, cloth.value))
     rgb[SUB["collar"]] = rgb[22] * 0.7 if cloth.neckline < 0.7 else 235.0
     rgb[23] = _pick(_FRAMES, glasses.colour)
     rgb[SUB["lens"]] = _lerp(20.0, 70.0, glasses.shade) * np.array([1.0, 1.05, 1.1])
-    rgb[24] = _hsv(hat.colour, _lerp(0.1, 0.9, hat.pattern), _lerp(0.25, 0.95, hat.amount))
+    rgb[24] = _hsv(hat.hue, _lerp(0.1, 0.9, hat.saturation), _lerp(0.25, 0.95, hat.value))
     rgb[SUB["hat_band"]], rgb[SUB["hat_brim"]] = rgb[24] * 0.6, rgb[24] * 0.85
     second_bg = _hsv(n.bg_hue2, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.2, 0.95, n.bg_amount))
     return rgb, second_bg
@@ -200,7 +200,7 @@ def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarra
         crown = matrix @ np.array([*frame.crown, 1.0])
         strands = bank.window(bank.strands[min(int(hair.texture * 3), 2)], size - crown[1],
                               size - crown[0])
-    gain = 1.0 + w_hair * ((strands - 0.5) * (_lerp(0.5, 0.9, hair.shade) / 255))
+    gain = 1.0 + w_hair * ((strands - 0.5) * (_lerp(0.5, 0.9, hair.strands) / 255))
     cloth_pattern = _pattern(bank, cloth.pattern, oy2, ox)
     hat_pattern = _pattern(bank, hat.pattern, oy, ox2)
     if cloth_pattern is not None or hat_pattern is not None:
