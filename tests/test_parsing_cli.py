@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,24 @@ def test_self_distillation_fine_tunes_the_teacher(trained, synth_dir, tmp_path):
     assert moved  # it trained ...
     stem = "encoder.stem.0.weight"  # ... starting from the teacher's weights, not from scratch
     assert (ckpt["model"][stem] - teacher[stem]).abs().max() < 0.05
+
+
+def test_predicted_masks_feed_fserasing(trained, synth_dir, tmp_path):
+    from fserasing import FSErasing, MaskedImageFolder
+
+    root = tmp_path / "faces"
+    for k, p in enumerate(sorted((synth_dir / "images").glob("*.png"))[:4]):
+        (root / f"id{k % 2}").mkdir(parents=True, exist_ok=True)
+        (root / f"id{k % 2}" / f"{k}.png").write_bytes(p.read_bytes())
+    masks = tmp_path / "masks"
+    assert predict.main(["--checkpoint", str(trained / "best.pt"), "--images", str(root),
+                         "--out", str(masks), "--workers", "0", "--device", "cpu"]) == 0
+    ds = MaskedImageFolder(root, masks, transform=FSErasing(p=1.0, classes="all", fill=0))
+    assert len(ds) == 4
+    for i in range(4):
+        image, mask, label = ds[i]
+        original = torch.from_numpy(np.asarray(Image.open(ds.samples[i][0]).convert("RGB")))
+        changed = (image.permute(1, 2, 0) != original).any(-1)
+        assert label == i // 2 and torch.equal(mask, torch.from_numpy(
+            read_label_map(masks / Path(ds.samples[i][0]).relative_to(root))))
+        assert not changed[mask == 0].any()  # only predicted face regions are erased
