@@ -286,7 +286,7 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
             loss_sum += loss.detach()
             if step % LOG_EVERY == 0 or n_batches == len(loader):
                 bar.set_postfix(loss=f"{float(loss_sum) / n_batches:.4f}")
-                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/loss", float(loss.detach()), step)
                 for name, value in parts.items():
                     writer.add_scalar(f"train/{name}", float(value), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)

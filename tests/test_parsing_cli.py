@@ -206,7 +206,7 @@ def test_predicted_masks_feed_fserasing(trained, synth_dir, tmp_path):
     assert len(ds) == 4
     for i in range(4):
         image, mask, label = ds[i]
-        original = torch.from_numpy(np.asarray(Image.open(ds.samples[i][0]).convert("RGB")))
+        original = torch.from_numpy(np.array(Image.open(ds.samples[i][0]).convert("RGB")))
         changed = (image.permute(1, 2, 0) != original).any(-1)
         assert label == i // 2 and torch.equal(mask, torch.from_numpy(
             read_label_map(masks / Path(ds.samples[i][0]).relative_to(root))))
