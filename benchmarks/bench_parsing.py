@@ -5,9 +5,10 @@
 
 1. Inference (eval, no grad) at 112x112: ``smp.Unet("resnet18", encoder_weights=None)`` beside
    our ``unet_r18`` as built, with channels_last, with BatchNorm folded into the convs (what
-   ``Parser.from_checkpoint`` runs), and folded with smp's 16-channel last decoder stage.
-   Runs are interleaved in one process; the median per batch is reported, with time ratios to
-   smp (< 1 = faster than smp) and multiply-accumulates.
+   ``Parser.from_checkpoint`` runs), both, and three lighter options on top of both: smp's
+   16-channel last decoder stage, and encoder widths 48 and 32. Runs are interleaved in one
+   process; the median per batch is reported, with time ratios to smp (< 1 = faster than
+   smp) and multiply-accumulates.
 2. One IResNet-34 training step (forward, backward, SGD; a 1000-way linear head + CE) at the
    same batch, from ``recognition.create_backbone`` when that package is installed: the
    ratio says whether masks can be computed on the fly during recognition training.
@@ -59,15 +60,22 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    ours = create_model("unet_r18", num_classes=25).eval()
+
+    def ours(channels_last: bool = False, fuse: bool = False, **kw) -> torch.nn.Module:
+        model = create_model("unet_r18", num_classes=25, **kw).eval()
+        model = fuse_batchnorm(model) if fuse else model
+        return model.to(memory_format=torch.channels_last) if channels_last else model
+
     models = {
         "smp_unet_resnet18": (smp.Unet("resnet18", encoder_weights=None, classes=25).eval(), x),
-        "unet_r18": (ours, x),
-        "unet_r18_channels_last": (create_model("unet_r18", num_classes=25).eval()
-                                   .to(memory_format=torch.channels_last), x_cl),
-        "unet_r18_fused_bn": (fuse_batchnorm(create_model("unet_r18", num_classes=25)), x),
-        "unet_r18_smp_decoder_fused_bn": (fuse_batchnorm(create_model(
-            "unet_r18", num_classes=25, decoder_channels=(128, 64, 32, 16))), x),
+        "unet_r18": (ours(), x),
+        "unet_r18_channels_last": (ours(channels_last=True), x_cl),
+        "unet_r18_fused_bn": (ours(fuse=True), x),
+        "unet_r18_fused_bn_channels_last": (ours(True, fuse=True), x_cl),
+        "unet_r18_smp_decoder_fused_bn_channels_last": (
+            ours(True, fuse=True, decoder_channels=(128, 64, 32, 16)), x_cl),
+        "unet_r18_width48_fused_bn_channels_last": (ours(True, fuse=True, width=48), x_cl),
+        "unet_r18_width32_fused_bn_channels_last": (ours(True, fuse=True, width=32), x_cl),
     }
 
     def run(model, inp):
@@ -102,7 +110,7 @@ def main() -> None:
         params = list(backbone.parameters()) + list(head.parameters())
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
         labels = torch.randint(0, 1000, (args.batch,))
-        parser = models["unet_r18_fused_bn"][0]
+        parser = models["unet_r18_fused_bn_channels_last"][0]
 
         def train_step():
             loss = torch.nn.functional.cross_entropy(head(backbone(x)), labels)
@@ -110,7 +118,7 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        med2 = interleaved({"iresnet34_train_step": train_step, "parse_batch": run(parser, x)},
+        med2 = interleaved({"iresnet34_train_step": train_step, "parse_batch": run(parser, x_cl)},
                            max(2, args.repeats // 2))
         result["iresnet34_train_step"] = {
             "train_step_seconds": round(med2["iresnet34_train_step"], 4),
