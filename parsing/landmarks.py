@@ -46,6 +46,7 @@ __all__ = [
     "landmarks5_from_mesh",
     "load_face_mesh",
     "load_mtcnn",
+    "to_hwc_uint8",
 ]
 
 _INSTALL_HINT = (
@@ -68,14 +69,14 @@ class Faces(NamedTuple):
     landmarks5: torch.Tensor  # (N, 5, 2) float32 in ArcFace order
 
 
-def _images_hwc(image: Any) -> tuple[list[np.ndarray], bool, torch.device]:
-    """Normalise the accepted image inputs to a list of (H, W, 3) uint8 arrays.
+def to_hwc_uint8(image: Any) -> tuple[list[np.ndarray], bool, torch.device]:
+    """The accepted image inputs (module docstring) as a list of (H, W, 3) uint8 arrays.
 
     Returns the list, whether the input was a batch, and the device results go to.
     """
     cpu = torch.device("cpu")
     if isinstance(image, (list, tuple)):
-        items = [_images_hwc(im) for im in image]
+        items = [to_hwc_uint8(im) for im in image]
         if any(batched for _, batched, _ in items):
             raise InputError("a list of images must hold single images, not batches")
         device = items[0][2] if items else cpu
@@ -173,7 +174,7 @@ def detect_faces(
     networks run on ``device`` (default: the input tensor's device). Faces scoring below
     ``min_score`` are dropped. Returns :class:`Faces` for one image, a list for a batch.
     """
-    arrays, batched, out_device = _images_hwc(image)
+    arrays, batched, out_device = to_hwc_uint8(image)
     mtcnn = load_mtcnn(torch.device(device) if device is not None else out_device)
     results: list[Faces | None] = [None] * len(arrays)
     by_size: dict[tuple[int, ...], list[int]] = {}
@@ -205,7 +206,7 @@ def face_mesh(image: Any, refine: bool = True) -> torch.Tensor | None | list[tor
     Returns a (478, 2) float32 tensor ((468, 2) with ``refine=False``), or None when no face
     is found; a list of those for a batch (MediaPipe runs one image at a time).
     """
-    arrays, batched, device = _images_hwc(image)
+    arrays, batched, device = to_hwc_uint8(image)
     mesh = load_face_mesh(refine)
     out: list[torch.Tensor | None] = []
     for arr in arrays:
