@@ -30,6 +30,7 @@ import functools
 import importlib
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -159,10 +160,13 @@ def load_face_mesh(refine: bool = True) -> Any:
 
     ``refine=True`` adds the ten iris points (478 landmarks instead of 468).
     """
-    return _import_face_mesh().FaceMesh(
-        static_image_mode=True, max_num_faces=1, refine_landmarks=refine,
-        min_detection_confidence=0.5,
-    )
+    face_mesh_module = _import_face_mesh()
+    with warnings.catch_warnings():  # mediapipe calls protobuf's deprecated FieldDescriptor.label
+        warnings.filterwarnings("ignore", "label\\(\\) is deprecated", DeprecationWarning)
+        return face_mesh_module.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=refine,
+            min_detection_confidence=0.5,
+        )
 
 
 def detect_faces(
