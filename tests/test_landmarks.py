@@ -117,3 +117,37 @@ def test_landmarks5_from_mesh_shape_and_errors():
     assert landmarks.landmarks5_from_mesh(mesh[None].expand(3, -1, -1)).shape == (3, 5, 2)
     with pytest.raises(InputError, match="468"):
         landmarks.landmarks5_from_mesh(mesh[:68])
+
+
+def test_align_cli_detects_aligns_and_reports_no_face(mtcnn_ready, astronaut, tmp_path, capsys):
+    import csv
+    import json
+
+    from PIL import Image
+
+    from parsing.align import ARCFACE_TEMPLATE, estimate_similarity, main
+
+    images = tmp_path / "photos"
+    (images / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut).save(images / "sub" / "astronaut.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(images / "blank.png")
+    out = tmp_path / "out"
+    assert main(["--images", str(images), "--out", str(out)]) == 0
+    assert "no face: blank" in capsys.readouterr().out
+    with open(out / "landmarks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame_id"] for r in rows] == ["sub/astronaut"]
+    written = torch.tensor([float(rows[0][f"{c}{k}"]) for k in range(1, 6) for c in "xy"])
+    expected = landmarks.detect_faces(astronaut).landmarks5[0].flatten()
+    torch.testing.assert_close(written, expected, atol=1e-3, rtol=0)
+    crop = np.asarray(Image.open(out / "images" / "sub" / "astronaut.png"))
+    assert crop.shape == (112, 112, 3)
+    # Detected again in the crop, the five points are where the alignment moved them.
+    src = expected.reshape(5, 2).double()
+    matrix = estimate_similarity(src)
+    moved = (src @ matrix[:, :2].T + matrix[:, 2]).float()
+    again = landmarks.detect_faces(crop).landmarks5[0]
+    assert (again - moved).norm(dim=1).max() < 3.0
+    assert (moved - ARCFACE_TEMPLATE.float()).norm(dim=1).max() < 8.0
+    assert json.loads((out / "align_summary.json").read_text())["no_face"] == ["blank"]
+    assert main(["--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
