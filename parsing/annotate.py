@@ -7,25 +7,30 @@ the base (FaceSynthetics, CelebAMask-HQ or FSE-25 ids 10-24) and the base's skin
 by the landmark regions.
 
 Skin regions (Face Mesh indices; "right" is the subject's right, image-left on a photo).
-The face is cut into three bands by two landmark lines and the bands are split at the
-midline (the 28 mesh vertices a horizontal flip maps onto themselves: 10, 151, 9, 8, 168,
-6, 197, 195, 5, 4, 1, 19, 94, 2, 164, 0, 11-18, 200, 199, 175, 152):
+Three landmark lines and the midline (the 28 mesh vertices a horizontal flip maps onto
+themselves: 10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 164, 0, 11-18, 200, 199,
+175, 152) cut the face oval (FACEMESH_FACE_OVAL) into the nine regions:
 
-* brow line 162-46-53-52-65-55-8: from the face oval at brow height along the *lower* edge
-  of the brow to the glabella, so the brows lie in the forehead (as FSE-10 absorbs them);
-* under-eye line 234-116-117-118-119-120-47-195: the mesh row about a quarter of the eye
-  distance below the lower lid, from the oval at cheekbone height to the nose bridge, so the
-  whole eye and the skin around it lie in the eye band;
-* mouth line 58-216-92-165-167-164: from the jaw (oval 58) above the upper lip to the
-  philtrum, so the mouth and lips lie in the chin band (as FSE-10 absorbs them);
-* the middle forehead is the strip between the inner brow ends 55-107-108-109 and its
+* brow line 162-46-53-52-65-55-8: from the oval at brow height along the *lower* edge of
+  the brow to the glabella. Above it: the forehead, brows included (FSE-10 absorbs them);
+  the middle forehead is the strip between the inner brow ends 55-107-108-109 and its
   mirror image, up to the top of the oval (109-10-338).
+* under-eye line 127-143-31-228-229-230-231-232-128-188-197: the third mesh ring below
+  the eye (about a fifth of the eye distance below the corners), from the oval at eye
+  height to the nose bridge. Between it and the brow line: the around-eye region, holding
+  the eye, the lids and the skin just below them.
+* nasolabial line 98-92-186-57-202-210-169-150: from the nose wing past the outside of
+  the mouth corner down to the jaw. With the nose base 2-97-98 it bounds the chin region:
+  upper-lip skin, mouth, lips and chin (FSE-10 absorbs mouth and lips into it). The cheeks
+  are the rest below the eye band and run down the side of the face to the jaw.
 
-Each region is a polygon of oval, line and midline vertices (``SKIN_POLYGONS``). Left-side
-polygons are the mirror images (``MIRROR``: the index a horizontal flip maps each vertex to,
-checked against Face Mesh on flipped photos in the tests). Face Mesh's oval ends about
-two-thirds up the forehead; with a base segmentation, base skin outside the polygons takes
-the nearest region (Euclidean distance transform).
+These follow anatomy (the perioral region and chin below the nose, cheeks to the jaw) and
+match the regions of the synthetic faces (``parsing.synth``); benchmarks/RESULTS.md has the
+per-class agreement. Each region is a polygon of oval, line and midline vertices
+(``SKIN_POLYGONS``). Left-side polygons are the mirror images (``MIRROR``: the index a
+horizontal flip maps each vertex to, checked against Face Mesh on flipped photos in the
+tests). Face Mesh's oval ends about two-thirds up the forehead; with a base segmentation,
+base skin outside the polygons takes the nearest region (Euclidean distance transform).
 
 Inner parts are the closed contours of MediaPipe's published connection sets
 (``mediapipe/python/solutions/face_mesh_connections.py``, v0.10.21): FACEMESH_RIGHT_EYE /
@@ -91,8 +96,9 @@ _MIRROR_PAIRS = (
     (149, 378), (176, 400), (148, 377),
     (46, 276), (53, 283), (52, 282), (65, 295), (55, 285), (70, 300), (63, 293), (105, 334),
     (66, 296), (107, 336), (108, 337),
-    (116, 345), (117, 346), (118, 347), (119, 348), (120, 349), (47, 277),
-    (216, 436), (92, 322), (165, 391), (167, 393),
+    (143, 372), (31, 261), (228, 448), (229, 449), (230, 450), (231, 451), (232, 452),
+    (128, 357), (188, 412),
+    (92, 322), (186, 410), (57, 287), (202, 422), (210, 430), (169, 394),
     (33, 263), (246, 466), (161, 388), (160, 387), (159, 386), (158, 385), (157, 384),
     (173, 398), (133, 362), (155, 382), (154, 381), (153, 380), (145, 374), (144, 373),
     (163, 390), (7, 249),
@@ -110,14 +116,15 @@ def _mirrored(indices: Sequence[int]) -> tuple[int, ...]:
     return tuple(MIRROR[i] for i in reversed(indices))
 
 
+_UNDER_EYE = (127, 143, 31, 228, 229, 230, 231, 232, 128, 188, 197)
+_NASOLABIAL = (98, 92, 186, 57, 202, 210, 169, 150)
 _RIGHT_SKIN = {
     "right_forehead": (109, 67, 103, 54, 21, 162, 46, 53, 52, 65, 55, 107, 108),
-    "around_right_eye": (162, 127, 234, 116, 117, 118, 119, 120, 47, 195, 197, 6, 168, 8, 55,
-                         65, 52, 53, 46),
-    "right_cheek": (234, 93, 132, 58, 216, 92, 165, 167, 164, 2, 94, 19, 1, 4, 5, 195, 47, 120,
-                    119, 118, 117, 116),
-    "right_chin": (58, 172, 136, 150, 149, 176, 148, 152, 175, 199, 200, 18, 17, 16, 15, 14,
-                   13, 12, 11, 0, 164, 167, 165, 92, 216),
+    "around_right_eye": (162, *_UNDER_EYE, 6, 168, 8, 55, 65, 52, 53, 46),
+    "right_cheek": (127, 234, 93, 132, 58, 172, 136, *_NASOLABIAL[::-1], 97, 2, 94, 19, 1, 4, 5,
+                    195, *_UNDER_EYE[::-1][:-1]),
+    "right_chin": (2, 97, *_NASOLABIAL, 149, 176, 148, 152, 175, 199, 200, 18, 17, 16, 15, 14,
+                   13, 12, 11, 0, 164),
 }
 _RIGHT_PARTS = {
     "right_eye": (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7),
