@@ -226,12 +226,18 @@ def base_to_fse25(
 
 
 def _merge(skin_regions: np.ndarray, base25: np.ndarray) -> np.ndarray:
+    """Base classes over the landmark regions; base skin takes the nearest region."""
     skin = base25 == _SKIN
-    if not skin.any():
-        return base25
-    _, (rows, cols) = ndimage.distance_transform_edt(skin_regions == 0, return_indices=True)
-    nearest = skin_regions[rows, cols]
-    return np.where(skin, nearest, base25).astype(np.uint8)
+    regions = skin_regions > 0
+    if not skin.any() or not regions.any():
+        return np.where(skin, 0, base25).astype(np.uint8)
+    # Every query (base skin) and feature (region) pixel lies in their joint bounding box.
+    rows, cols = np.nonzero(skin | regions)
+    box = np.s_[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    _, (r, c) = ndimage.distance_transform_edt(~regions[box], return_indices=True)
+    out = base25.copy()
+    out[box] = np.where(skin[box], skin_regions[box][r, c], base25[box])
+    return out
 
 
 def annotate(

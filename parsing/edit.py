@@ -108,17 +108,20 @@ def recolor(
                          f"{tuple(image.shape)}")
     get_label_set(label_set).check(labels, "label map")
 
-    rgb = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-    alpha = strength * region_mask(labels, regions, feather, label_set)
-    lab = rgb_to_lab(rgb)
+    alpha = strength * region_mask(labels, regions, feather, label_set)[:, 0]
+    inside = alpha > 0  # only these pixels change: convert just them (cost ~ region area)
+    pixels = batch.movedim(1, -1)[inside]  # (N, 3)
+    rgb = pixels.float() / 255.0 if batch.dtype == torch.uint8 else pixels.float()
+    lab = rgb_to_lab(rgb.T[None, :, :, None])  # kornia wants (B, 3, H, W): (1, 3, N, 1)
     target = rgb_to_lab(_rgb01(color).to(rgb.device)[None, :, None, None])
-    chroma = torch.lerp(lab[:, 1:], target[:, 1:].expand_as(lab[:, 1:]), alpha)
-    edited = lab_to_rgb(torch.cat([lab[:, :1], chroma], dim=1), clip=True)
+    weight = alpha[inside][None, None, :, None]
+    chroma = torch.lerp(lab[:, 1:], target[:, 1:].expand_as(lab[:, 1:]), weight)
+    edited = lab_to_rgb(torch.cat([lab[:, :1], chroma], dim=1), clip=True)[0, :, :, 0].T
     if batch.dtype == torch.uint8:
-        edited = (edited * 255.0).round().to(torch.uint8)
-    else:
-        edited = edited.to(batch.dtype)
-    out = torch.where(alpha > 0, edited, batch)
+        edited = (edited * 255.0).round()
+    out = batch.movedim(1, -1).clone()
+    out[inside] = edited.to(batch.dtype)
+    out = out.movedim(-1, 1).contiguous()
     return out[0] if single else out
 
 

@@ -259,3 +259,21 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(b"not a png")
     assert A.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"),
                    "--base-labels", "nope"]) == 2
+
+
+def test_base_skin_takes_a_nearest_region_on_random_maps():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        regions = np.zeros((30, 40), np.uint8)
+        for cls in range(1, 10):
+            r, c = rng.integers(5, 25), rng.integers(5, 35)
+            regions[r: r + rng.integers(1, 4), c: c + rng.integers(1, 4)] = cls
+        base = np.where(rng.random((30, 40)) < 0.6, A._SKIN, rng.integers(0, 25, (30, 40)))
+        base[:3] = 0  # keep an empty band: the bounding box must not matter
+        out = A._merge(regions, base.astype(np.uint8))
+        ry, rx = np.nonzero(regions)
+        for y, x in zip(*np.nonzero(base == A._SKIN), strict=True):
+            d = np.hypot(ry - y, rx - x)
+            chosen = d[regions[ry, rx] == out[y, x]]
+            assert chosen.size and np.isclose(chosen.min(), d.min())
+        assert np.array_equal(out[base != A._SKIN], base[base != A._SKIN])
