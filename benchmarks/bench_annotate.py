@@ -1,6 +1,6 @@
 """Landmark annotation, detection and recolouring: speed, detection rates, agreement.
 
-    python benchmarks/bench_annotate.py [--synth DIR] [--limit N] [--out results.json]
+    python benchmarks/bench_annotate.py [--synth DIR ...] [--sections ...] [--out results.json]
 
 * packaged photos: seconds per image for Face Mesh, rasterising the regions, and merging a
   base segmentation; agreement of annotate(flip(photo)) with the label-swapped flip of
@@ -8,7 +8,7 @@
 * MTCNN: one batched call per same-size batch (ours) vs one call per image (baseline);
 * recolour of the lips of a batch of astronaut photos: ours (kornia Lab on the pixels the
   feathered mask reaches, batched) vs a per-image scikit-image/scipy full-image reference;
-* ``--synth DIR`` (``python -m parsing.synth`` layout: images/, labels_25/): Face Mesh and
+* ``--synth DIR ...`` (``python -m parsing.synth`` layout: images/, labels_25/): Face Mesh and
   MTCNN detection rates, and per-class F1 (SPEC §2.5, one confusion matrix over the set) of
   the landmark skin regions 1-9 against the true ones. The true label map is the base with
   its skin regions merged into "skin", so only the landmark split of the skin is measured.
@@ -112,17 +112,19 @@ def bench_synth(folder: Path, limit: int | None) -> dict:
     confusion = np.zeros((10, 10), np.int64)
     mesh_found = mtcnn_found = 0
     fse10_agree = fse10_total = 0
-    start = time.perf_counter()
+    annotate_seconds = 0.0
     for path in paths:
         img = read_image(path)
         truth = read_label_map(folder / "labels_25" / f"{path.stem}_seg.png")
         mtcnn_found += int(len(detect_faces(img).scores) > 0)
+        start = time.perf_counter()
         mesh = face_mesh(img)
+        ours = None if mesh is None else annotate(img, truth, "fse25", landmarks=mesh)
+        annotate_seconds += time.perf_counter() - start
         if mesh is None:
             continue
         mesh_found += 1
         skin = (truth >= 1) & (truth <= 9)
-        ours = annotate(img, truth, "fse25", landmarks=mesh)
         confusion += np.bincount(truth[skin].astype(np.int64) * 10 + ours[skin],
                                  minlength=100).reshape(10, 10)
         alone = landmark_regions(mesh, img.shape[:2])
@@ -130,33 +132,34 @@ def bench_synth(folder: Path, limit: int | None) -> dict:
         face10 = (t10 > 0) | (o10 > 0)
         fse10_agree += int((t10 == o10)[face10].sum())
         fse10_total += int(face10.sum())
-    seconds = time.perf_counter() - start
     tp = np.diag(confusion)
     f1 = 2 * tp / np.maximum(confusion.sum(0) + confusion.sum(1), 1)
     return {
-        "images": len(paths), "size": list(img.shape[:2]),
+        "folder": str(folder), "images": len(paths), "size": list(img.shape[:2]),
         "face_mesh_detection_rate": mesh_found / len(paths),
         "mtcnn_detection_rate": mtcnn_found / len(paths),
-        "skin_f1": {FSE25.names[c]: float(f1[c]) for c in range(1, 10)},
+        "skin_f1": {FSE25.names[c]: round(float(f1[c]), 4) for c in range(1, 10)},
         "skin_mean_f1": float(f1[1:].mean()),
         "skin_pixel_accuracy": float(tp[1:].sum() / max(confusion[1:, 1:].sum(), 1)),
         "fse10_landmarks_only_pixel_agreement": fse10_agree / max(fse10_total, 1),
-        "seconds_per_image": seconds / len(paths),
+        "annotate_s_per_image": annotate_seconds / len(paths),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synth", type=Path, help="a parsing.synth folder to measure on")
+    parser.add_argument("--synth", type=Path, nargs="+", default=[],
+                        help="parsing.synth folders to measure on")
     parser.add_argument("--limit", type=int, help="first N synthetic images")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="*", default=["photos", "mtcnn", "recolor"],
+                        choices=["photos", "mtcnn", "recolor"], help="what to time")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    results = {"photos": bench_photos(args.repeats), "mtcnn": bench_mtcnn(args.repeats),
-               "recolor": bench_recolor(args.repeats)}
-    if args.synth is not None:
-        results["synth"] = bench_synth(args.synth, args.limit)
+    benches = {"photos": bench_photos, "mtcnn": bench_mtcnn, "recolor": bench_recolor}
+    results = {name: benches[name](args.repeats) for name in args.sections}
+    results["synth"] = [bench_synth(folder, args.limit) for folder in args.synth]
     text = json.dumps(results, indent=2)
     print(text)
     if args.out is not None:

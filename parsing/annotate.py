@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 from tqdm import tqdm
@@ -74,6 +75,7 @@ from parsing.labels import (
     get_label_set,
 )
 from parsing.landmarks import face_mesh, to_hwc_uint8
+from parsing.viz import contact_sheet
 
 __all__ = [
     "MIDLINE",
@@ -83,7 +85,6 @@ __all__ = [
     "annotate",
     "base_to_fse25",
     "landmark_regions",
-    "overlay_labels",
 ]
 
 MIDLINE = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 164, 0, 11, 12, 13, 14, 15,
@@ -301,17 +302,6 @@ def _resize_nearest(label_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return label_map[rows.astype(int)[:, None], cols.astype(int)[None, :]]
 
 
-def overlay_labels(
-    image: np.ndarray, label_map: np.ndarray, label_set: str | LabelSet = "fse25",
-    alpha: float = 0.55,
-) -> np.ndarray:
-    """Blend the label colours over an (H, W, 3) uint8 image; background stays the photo."""
-    colours = get_label_set(label_set).colorize(label_map).astype(np.float32)
-    weight = np.where(np.asarray(label_map)[..., None] > 0, alpha, 0.0)
-    blended = image.astype(np.float32) * (1 - weight) + colours * weight
-    return blended.round().astype(np.uint8)
-
-
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"--images {folder}: no such folder")
@@ -331,30 +321,25 @@ def _base_path(base_dir: Path, frame_id: str) -> Path:
     raise DataError(f"--base-seg {base_dir}: no {frame_id}_seg.png or {frame_id}.png")
 
 
-def _contact_sheet(path: Path, items: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-    import matplotlib
+def _face_box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
+    """The labelled face with ``margin`` of its size around it, clipped to the image."""
+    rows, cols = np.nonzero(labels)
+    h, w = labels.shape
+    pad_r, pad_c = int(margin * np.ptp(rows)), int(margin * np.ptp(cols))
+    return (slice(max(rows.min() - pad_r, 0), min(rows.max() + pad_r + 1, h)),
+            slice(max(cols.min() - pad_c, 0), min(cols.max() + pad_c + 1, w)))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(len(items), 3, figsize=(9, 3 * len(items)), squeeze=False)
-    for row, (frame_id, img, labels) in zip(axes, items, strict=True):
-        fse10 = convert(labels, FSE25, "fse10")
-        for ax, shown, title in zip(
-            row, (img, overlay_labels(img, labels), overlay_labels(img, fse10, "fse10")),
-            (frame_id, "FSE-25", "FSE-10"), strict=True,
-        ):
-            ax.imshow(shown)
-            ax.set_title(title)
-            ax.axis("off")
-    present = sorted({int(i) for _, _, labels in items for i in np.unique(labels)} - {0})
-    handles = [Patch(color=FSE25.palette[i] / 255, label=FSE25.names[i]) for i in present]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 * (1 + len(handles) // 4) / len(items), 1, 1))
+def _contact_sheet(path: Path, items: list[tuple[np.ndarray, np.ndarray]], size: int = 224) -> None:
+    """Each face cropped around its labels and resized, beside its FSE-25 map (parsing.viz)."""
+    faces, maps = [], []
+    for img, labels in items:
+        box = _face_box(labels)
+        faces.append(np.asarray(Image.fromarray(img[box]).resize((size, size), Image.BILINEAR)))
+        maps.append(np.asarray(Image.fromarray(labels[box]).resize((size, size), Image.NEAREST)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    contact_sheet(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2), np.stack(maps),
+                  "fse25", path, nrow=min(len(items), 4))
 
 
 @cli_main
@@ -402,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_label_map(target, label_map)
         if args.sheet is not None and len(sheet_items) < args.sheet_count:
-            sheet_items.append((frame_id, image, labels))
+            sheet_items.append((image, labels))
     seconds = time.perf_counter() - start
 
     with open(args.out / "anno_list.csv", "w", newline="") as f:
