@@ -1,6 +1,6 @@
 """Landmark annotation, detection and recolouring: speed, detection rates, agreement.
 
-    python benchmarks/bench_annotate.py [--synth DIR ...] [--sections ...] [--out results.json]
+    python -m benchmarks.bench_annotate [--synth DIR ...] [--sections ...] [--out results.json]
 
 * packaged photos: seconds per image for Face Mesh, rasterising the regions, and merging a
   base segmentation; agreement of annotate(flip(photo)) with the label-swapped flip of
@@ -54,8 +54,9 @@ def bench_photos(repeats: int) -> dict:
         flipped = annotate(np.ascontiguousarray(img[:, ::-1]))
         expected = lut[labels[:, ::-1]]
         face = (expected > 0) | (flipped > 0)
-        ious = [((expected == c) & (flipped == c)).sum() / ((expected == c) | (flipped == c)).sum()
-                for c in range(1, 20) if c not in (15, 16)]
+        ious = {FSE25.names[c]: float(((expected == c) & (flipped == c)).sum()
+                                      / ((expected == c) | (flipped == c)).sum())
+                for c in range(1, 20) if c not in (15, 16)}
         out[name] = {
             "size": list(img.shape[:2]),
             "face_mesh_s": _best_time(lambda img=img: face_mesh(img), repeats),
@@ -65,7 +66,8 @@ def bench_photos(repeats: int) -> dict:
             "annotate_with_base_s": _best_time(
                 lambda img=img, b=base, m=mesh: annotate(img, b, "fse25", landmarks=m), repeats),
             "flip_pixel_agreement": float((expected == flipped)[face].mean()),
-            "flip_mean_iou": float(np.mean(ious)),
+            "flip_mean_iou": float(np.mean(list(ious.values()))),
+            "flip_iou": {k: round(v, 3) for k, v in ious.items()},
         }
     return out
 
