@@ -229,6 +229,7 @@ def test_fse10_output_is_the_documented_conversion():
     assert set(np.unique(fse10[fse25 == 18])) == {3, 4}
 
 
+@pytest.mark.slow
 def test_cli_writes_the_published_layout(mesh_ready, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -80,9 +80,9 @@ def test_mtcnn_batches_and_flips_consistently(mtcnn_ready, astronaut):
     back[:, 0] = astronaut.shape[1] - 1 - back[:, 0]
     assert (back - single.landmarks5[0]).norm(dim=1).max() < 4.0
     # Different sizes in one list still work (one batched pass per size).
-    mixed = landmarks.detect_faces([astronaut, load_photo("grace_hopper"), astronaut])
-    assert [len(f.scores) for f in mixed] == [1, 1, 1]
-    torch.testing.assert_close(mixed[2].boxes, single.boxes)
+    mixed = landmarks.detect_faces([load_photo("grace_hopper"), astronaut])
+    assert [len(f.scores) for f in mixed] == [1, 1]
+    torch.testing.assert_close(mixed[1].boxes, single.boxes)
 
 
 def test_mtcnn_no_face_gives_empty_tensors(mtcnn_ready):
@@ -119,6 +119,7 @@ def test_landmarks5_from_mesh_shape_and_errors():
         landmarks.landmarks5_from_mesh(mesh[:68])
 
 
+@pytest.mark.slow
 def test_align_cli_detects_aligns_and_reports_no_face(mtcnn_ready, astronaut, tmp_path, capsys):
     import csv
     import json
