@@ -1,6 +1,6 @@
 """Make docs/photo_regions.png from `make demo` outputs (DEMO defaults to runs/demo).
 
-    python docs/photo_regions.py runs/demo docs/photo_regions.png
+    python -m docs.photo_regions runs/demo docs/photo_regions.png
 
 Columns: packaged photo, its landmark FSE-25 annotation, lips recoloured (parsing.edit),
 the ArcFace-aligned crop (parsing.align) and FSErasing on it (two regions, random fill).
