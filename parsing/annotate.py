@@ -36,9 +36,10 @@ Inner parts are the closed contours of MediaPipe's published connection sets
 (``mediapipe/python/solutions/face_mesh_connections.py``, v0.10.21): FACEMESH_RIGHT_EYE /
 LEFT_EYE, FACEMESH_RIGHT_EYEBROW / LEFT_EYEBROW (upper and lower chains joined at the
 ends), FACEMESH_LIPS (outer and inner rings: upper lip = outer upper + inner upper chain,
-lower lip likewise, mouth = inner ring) and the lower nose loop of FACEMESH_NOSE
-(2-97-98-64-...-4-...-327-326) widened up the bridge along 129-209-198-174-196-122-193 to
-the nasion 168 (FACEMESH_NOSE has only a midline there).
+lower lip likewise, mouth = inner ring) and, for the nose, the part of FACEMESH_NOSE's lower
+loop under the tip (64-98-97-2-326-327-294) closed over the nose wings and up the sides of
+the bridge along 129-209-198-174-196-122-193 to the nasion 168 (FACEMESH_NOSE's own loop
+stops at the tip and has only a midline on the bridge).
 
 Base classes (``base_labels``): FaceSynthetics via :func:`parsing.labels.convert` (skin,
 beard and facewear are skin, as the labels module documents); FSE-25 ids 1-9 are skin and
