@@ -79,12 +79,13 @@ class RISE(Explainer):
         self.shift_fractions = torch.rand(n_masks, 2, generator=generator, dtype=torch.float64)
 
     def masks(self, size: tuple[int, int], start: int = 0, stop: int | None = None,
-              device: torch.device | str = "cpu") -> Tensor:
-        """Masks ``start:stop`` (default all) for inputs of ``size`` (H, W), float32 (N, H, W)."""
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """Masks ``start:stop`` (default all) for inputs of ``size`` (H, W): (N, H, W)."""
         cells = torch.tensor([math.ceil(length / self.cell) for length in size],
                              dtype=torch.float64)
         shifts = (self.shift_fractions[start:stop] * cells).long()
-        return rise_masks(self.grids[start:stop].to(device), shifts.to(device), size)
+        grids = self.grids[start:stop].to(device=device, dtype=dtype)
+        return rise_masks(grids, shifts.to(device), size)
 
     def _explain(self, images: Tensor, target: Target) -> Explanation:
         batch, _, height, width = images.shape
@@ -96,7 +97,8 @@ class RISE(Explainer):
         index = torch.arange(batch, device=images.device).repeat_interleave(per_step)
         for start in tqdm(range(0, self.n_masks, per_step), desc="RISE", leave=False,
                           disable=not self.progress):
-            masks = self.masks((height, width), start, start + per_step, images.device)
+            masks = self.masks((height, width), start, start + per_step, images.device,
+                               images.dtype)
             rows = (images[:, None] * masks[None, :, None]).flatten(0, 1)
             out = self.forward_rows(lambda s, e, rows=rows: rows[s:e], len(rows))
             mask_scores = target(out, index[: len(rows)]).view(batch, len(masks))
