@@ -1,3 +1,5 @@
+import csv
+import json
 import math
 
 import numpy as np
@@ -489,3 +491,106 @@ def test_plots_return_figures_and_write_png(tmp_path):
     assert len(fig.axes) == 5
     for name in ("bars", "overlay", "cmp"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- CLI
+
+@pytest.fixture
+def cli_setup(tmp_path, monkeypatch):
+    """A tiny backbone behind recognition.create_backbone, its checkpoint, a face and labels."""
+    from PIL import Image
+
+    import recognition
+    from cam.fscam import main
+    from parsing.io import atomic_save, write_label_map
+
+    monkeypatch.setattr(recognition, "create_backbone", lambda name: tiny(out=16, seed=1),
+                        raising=False)
+    atomic_save(tiny(out=16, seed=1).state_dict(), tmp_path / "model.pt")
+    labels = block_labels(2, size=112)
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (2, 112, 112, 3), dtype=torch.uint8, generator=gen)
+    for d in ("faces", "labels"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        Image.fromarray(faces[i].numpy()).save(tmp_path / "faces" / f"f{i}.png")
+        write_label_map(tmp_path / "labels" / f"f{i}.png", labels[i])
+    common = ["--model", str(tmp_path / "model.pt"), "--network", "tiny", "--target-layer",
+              "layer2", "--rise-masks", "8", "--groups", "4"]
+    return tmp_path, main, common
+
+
+@pytest.mark.slow
+def test_cli_explains_a_face_with_every_method(cli_setup, capsys):
+    tmp, main, common = cli_setup
+    out = tmp / "out"
+    code = main(["--image", str(tmp / "faces" / "f0.png"), "--aligned", "--labels",
+                 str(tmp / "labels" / "f0.png"), "--method", "all", "--out", str(out), *common])
+    assert code == 0
+    assert "target: self-similarity" in capsys.readouterr().out
+    record = json.loads((out / "f0.json").read_text())
+    assert set(record["methods"]) == {"fscam", "gradcam", "rise", "groupcam"}
+    assert "self-similarity" in record["target"]
+    fscam = record["methods"]["fscam"]
+    assert set(fscam["region_score"]) == {FSE25.names[k] for k in (0, 1, 7, 10, 11, 12, 18, 21)}
+    assert abs(sum(fscam["share"].values()) - 1) < 1e-4
+    assert (out / "f0.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((out / "regions.csv").read_text().splitlines()))
+    assert {r["method"] for r in rows} == {"fscam", "gradcam", "rise", "groupcam"}
+
+
+@pytest.mark.slow
+def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsys):
+    from PIL import Image
+
+    from parsing.align import ARCFACE_TEMPLATE
+    from parsing.io import atomic_save
+
+    tmp, main, common = cli_setup
+    atomic_save({"backbone": tiny(out=16, seed=1).state_dict(), "epoch": 3},
+                tmp / "train.pt")
+    common[1] = str(tmp / "train.pt")
+    Image.open(tmp / "faces" / "f0.png").resize((224, 224)).save(tmp / "big.png")  # 2x size
+    points = ",".join(f"{v:.3f}" for v in (ARCFACE_TEMPLATE * 2).flatten().tolist())
+    code = main(["--image", str(tmp / "big.png"), "--landmarks", points,
+                 "--reference", str(tmp / "faces" / "f1.png"), "--reference-landmarks", points,
+                 "--labels", str(tmp / "labels" / "f0.png"), "--method", "fscam",
+                 "--out", str(tmp / "one"), *common])
+    assert code == 0
+    assert f"cosine similarity to the embedding of {tmp / 'faces' / 'f1.png'}" in \
+        capsys.readouterr().out
+
+    code = main(["--images", str(tmp / "faces"), "--aligned", "--labels", str(tmp / "labels"),
+                 "--method", "gradcam", "--out", str(tmp / "many"), *common])
+    assert code == 0
+    summary = list(csv.DictReader((tmp / "many" / "summary.csv").read_text().splitlines()))
+    nose = next(r for r in summary if r["region"] == "nose")
+    assert nose["count"] == "2" and float(nose["std"]) >= 0
+    assert {p.name for p in (tmp / "many").glob("*.png")} == {"f0.png", "f1.png"}
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
+    from parsing.io import atomic_save, write_label_map
+
+    tmp, main, common = cli_setup
+    face, label = str(tmp / "faces" / "f0.png"), str(tmp / "labels" / "f0.png")
+    (tmp / "broken.jpg").write_bytes(b"not an image")
+    write_label_map(tmp / "hair_only.png", torch.full((112, 112), 21, dtype=torch.uint8))
+    atomic_save(tiny(out=16, width=4).state_dict(), tmp / "other.pt")
+    cases = [
+        (["--image", str(tmp / "broken.jpg"), "--aligned", "--labels", label], "not a readable"),
+        (["--image", face, "--aligned", "--labels", str(tmp / "hair_only.png")],
+         "no face region found"),
+        (["--image", face, "--labels", label], "not aligned"),
+        (["--image", face, "--landmarks", "1,2,3", "--labels", label], "ten comma-separated"),
+        (["--image", face, "--aligned"], "give --parser CKPT or --labels"),
+        (["--image", face, "--aligned", "--labels", label, "--model", str(tmp / "other.pt")],
+         "does not fit --network tiny: size mismatch"),
+        (["--image", face, "--aligned", "--labels", label, "--model", str(tmp / "nope.pt")],
+         "no such checkpoint"),
+    ]
+    for extra, message in cases:
+        code = main([*common, *extra, "--out", str(tmp / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, extra
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
