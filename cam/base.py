@@ -167,8 +167,9 @@ class ActivationGradientExplainer(Explainer):
             raise InputError(f"the target layer ran {len(activations)} times in one forward pass; "
                              "pick a layer that runs exactly once")
         target = target.bind(output.detach())
-        scores = target(output)
-        (grads,) = torch.autograd.grad(scores.sum(), activations[0])
+        with torch.enable_grad():  # also when called under the user's no_grad
+            scores = target(output)
+            (grads,) = torch.autograd.grad(scores.sum(), activations[0])
         return activations[0].detach(), grads, scores.detach(), target
 
 

@@ -107,11 +107,15 @@ def test_gradcam_backward_stops_at_target_layer_and_grad_mode_is_restored():
     model = tiny()
     stem_backward = []
     model.stem.register_full_backward_hook(lambda *a: stem_backward.append(1))
+    x = torch.randn(2, 3, 32, 32)
     with GradCAM(model, "layer2") as gradcam:
-        gradcam(torch.randn(2, 3, 32, 32), EmbeddingNormTarget())
+        maps = gradcam(x, EmbeddingNormTarget())
+        assert torch.is_grad_enabled()
+        with torch.no_grad():
+            assert torch.equal(gradcam(x, EmbeddingNormTarget()), maps)
+            assert not torch.is_grad_enabled()
     assert stem_backward == []
     assert all(p.grad is None for p in model.parameters())
-    assert torch.is_grad_enabled()
 
 
 def test_hooks_removed_after_with_and_inert_outside_explain():
