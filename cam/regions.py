@@ -100,8 +100,8 @@ class FSCAM(Explainer):
         super().__init__(model, batch_size, progress)
         if mode not in ("keep", "remove"):
             raise InputError(f"FSCAM mode must be 'keep' or 'remove', got {mode!r}")
-        self.parser, self.label_set, self.mode, self.fill = parser, get_label_set(label_set), \
-            mode, fill
+        self.parser, self.mode, self.fill = parser, mode, fill
+        self.label_set = get_label_set(label_set)
         scored = torch.zeros(self.label_set.num_classes, dtype=torch.bool)
         scored[self.label_set.ids(regions) if regions is not None else slice(None)] = True
         self.scored = scored
@@ -109,13 +109,13 @@ class FSCAM(Explainer):
     def explain(self, images: Tensor, targets: Target | int | Sequence,
                 label_maps: Tensor | None = None) -> Explanation:
         check_images(images)
+        x = images.to(self.device)
         if label_maps is None:
             if self.parser is None:
                 raise InputError("FSCAM needs label maps: pass label_maps= or create it with "
                                  "a parser")
             with torch.no_grad():
-                label_maps = self.parser(images)
-        x = images.to(self.device)
+                label_maps = self.parser(x)
         labels = _check_label_maps(torch.as_tensor(label_maps), x, self.label_set)
         return self._regions(x, as_target(targets), labels).to(images.device)
 
