@@ -272,14 +272,17 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
                         results: dict[str, Explanation], shares: dict[str, Tensor], i: int,
                         description: str) -> list[dict]:
     stem = path.stem
-    bars = {name: (r.region_scores[i] if r.region_scores is not None else shares[name][i])
+    present = torch.unique(label_map).tolist()
+    absent = torch.ones(FSE25.num_classes, dtype=torch.bool)
+    absent[present] = False
+    bars = {name: (r.region_scores[i] if r.region_scores is not None else
+                   shares[name][i].masked_fill(absent, float("nan")))
             for name, r in results.items()}
     titles = {name: f"{name} ({'region score' if r.region_scores is not None else 'share'})"
               for name, r in results.items()}
     plot.compare(face, {titles[n]: r.map[i] for n, r in results.items()},
                  {titles[n]: v for n, v in bars.items()}, label_map=label_map,
                  title=f"{path.name}: {description}", path=out / f"{stem}.png")
-    present = torch.unique(label_map).tolist()
     record = {"image": str(path), "target": description, "methods": {}}
     rows = []
     for name, r in results.items():

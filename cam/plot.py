@@ -7,6 +7,7 @@ into ``ax`` when given, and writes a PNG when ``path`` is given.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
@@ -102,6 +103,6 @@ def compare(image: Tensor | np.ndarray, maps: Mapping[str, Tensor],
             region_bars(region_scores[name], label_set, ax=fig.add_subplot(grid[1, lead + i]),
                         top=top)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(textwrap.fill(title, width=int(16 * cols)), fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
