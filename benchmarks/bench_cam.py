@@ -144,17 +144,10 @@ def main() -> None:
 
 
 def _face_labels(n: int) -> torch.Tensor:
-    """FSE-25 label maps of synthetic faces when parsing.synth is there, else random blocks."""
-    try:
-        from parsing.synth import generate
-        return generate(n, 1, seed=0)[1]
-    except ImportError:
-        g = torch.Generator().manual_seed(0)
-        maps = torch.zeros(n, 112, 112, dtype=torch.uint8)
-        for k in torch.randperm(24, generator=g)[:18].tolist():
-            y, x = torch.randint(0, 100, (2,), generator=g).tolist()
-            maps[:, y:y + 20, x:x + 20] = k + 1
-        return maps
+    """FSE-25 label maps of ``n`` synthetic faces."""
+    from parsing.synth import generate
+
+    return generate(n, 1, seed=0)[1]
 
 
 if __name__ == "__main__":
