@@ -34,8 +34,9 @@ from cam.targets import SimilarityTarget, Target
 from parsing.align import align_face
 from parsing.cli import cli_main
 from parsing.errors import InputError
-from parsing.io import IMAGE_EXTENSIONS, load_checkpoint, read_image, read_label_map
+from parsing.io import IMAGE_EXTENSIONS, read_image, read_label_map
 from parsing.labels import FSE25
+from recognition import create_backbone
 
 log = logging.getLogger("cam.fscam")
 
@@ -80,28 +81,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="RISE masks")
     ap.add_argument("--out", required=True, help="output folder")
     return ap.parse_args(argv)
-
-
-def load_model(path: str, network: str, device: str) -> nn.Module:
-    """A backbone from ``recognition.create_backbone(network)`` with the checkpoint's weights."""
-    from recognition import create_backbone
-
-    checkpoint = load_checkpoint(path, map_location=device)
-    state = checkpoint.get("backbone", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InputError(f"{path}: expected a backbone state_dict or a training checkpoint with "
-                         "a 'backbone' entry")
-    model = create_backbone(network)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatches
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
-                      str(exc).splitlines()[0])
-        raise InputError(f"{path}: does not fit --network {network}: {detail}") from None
-    if missing or unexpected:
-        raise InputError(f"{path}: does not fit --network {network}: {len(missing)} missing keys "
-                         f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
-    return model.to(device).eval()
 
 
 def parse_landmarks(text: str, what: str) -> Tensor:
@@ -227,7 +206,7 @@ def run(args: argparse.Namespace) -> None:
     if args.rise_masks < 1 or args.batch_size < 1:
         raise InputError("--rise-masks and --batch-size must be >= 1")
     paths = list_images(args)
-    model = load_model(args.model, args.network, args.device)
+    model = create_backbone(args.network, checkpoint_path=args.model).to(args.device).eval()
     label_source = LabelSource(args)
     explainers = build_explainers(args, model)
     targets, description = targets_for(args, model)

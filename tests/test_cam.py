@@ -19,6 +19,8 @@ from cam.targets import ClassTarget, EmbeddingNormTarget, PairTarget, Similarity
 from parsing.errors import InputError
 from parsing.labels import FSE25
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class TinyNet(nn.Module):
     """A small CNN with named stages (like a backbone) and an embedding or class head."""
@@ -511,15 +513,14 @@ def test_plots_return_figures_and_write_png(tmp_path):
 
 @pytest.fixture
 def cli_setup(tmp_path, monkeypatch, synth_faces):
-    """A tiny backbone behind recognition.create_backbone, its checkpoint, a face and labels."""
+    """A tiny backbone registered in recognition's registry, its checkpoint, faces, labels."""
     from PIL import Image
 
-    import recognition
     from cam.fscam import main
     from parsing.io import atomic_save, write_label_map
+    from recognition.backbones import registry
 
-    monkeypatch.setattr(recognition, "create_backbone", lambda name: tiny(out=16, seed=1),
-                        raising=False)
+    monkeypatch.setitem(registry._BACKBONES, "cam_tiny", lambda: tiny(out=16, seed=1))
     atomic_save(tiny(out=16, seed=1).state_dict(), tmp_path / "model.pt")
     faces, labels = synth_faces
     for d in ("faces", "labels"):
@@ -527,7 +528,7 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     for i in range(2):
         Image.fromarray(faces[i].permute(1, 2, 0).numpy()).save(tmp_path / "faces" / f"f{i}.png")
         write_label_map(tmp_path / "labels" / f"f{i}.png", labels[i])
-    common = ["--model", str(tmp_path / "model.pt"), "--network", "tiny", "--target-layer",
+    common = ["--model", str(tmp_path / "model.pt"), "--network", "cam_tiny", "--target-layer",
               "layer2", "--rise-masks", "8", "--groups", "4"]
     return tmp_path, main, common, labels
 
@@ -598,7 +599,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
         (["--image", face, "--landmarks", "1,2,3", "--labels", label], "ten comma-separated"),
         (["--image", face, "--aligned"], "give --parser CKPT or --labels"),
         (["--image", face, "--aligned", "--labels", label, "--model", str(tmp / "other.pt")],
-         "does not fit --network tiny: size mismatch"),
+         "does not fit TinyNet: 20 wrong shape"),
         (["--image", face, "--aligned", "--labels", label, "--model", str(tmp / "nope.pt")],
          "no such checkpoint"),
     ]
