@@ -198,8 +198,11 @@ def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, T
     # the cosine to the image's own embedding has zero gradient at the image
     targets = {m: SimilarityTarget(metric="dot" if m in GRADIENT_METHODS else "cosine")
                for m in METHODS}
-    return targets, ("self-similarity: cosine to the image's own embedding (Grad-CAM and "
-                     "Group-CAM: projection on it, as the cosine has zero gradient there)")
+    description = "self-similarity: cosine to the image's own embedding"
+    if args.method in ("all", *GRADIENT_METHODS):
+        description += (" (Grad-CAM and Group-CAM: projection on it, as the cosine has zero "
+                        "gradient there)")
+    return targets, description
 
 
 def run(args: argparse.Namespace) -> None:
