@@ -57,8 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                         "image's own embedding)")
     ap.add_argument("--model", required=True,
                     help="backbone state_dict, or a training checkpoint with a 'backbone' entry")
-    ap.add_argument("--network", default="iresnet34",
-                    help="recognition.create_backbone name (default: iresnet34)")
+    ap.add_argument("--network", help="recognition.create_backbone name (default: the "
+                                      "'network' of model.json beside --model written by "
+                                      "recognition.train, else iresnet34)")
     labels = ap.add_mutually_exclusive_group()
     labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "
@@ -81,6 +82,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="RISE masks")
     ap.add_argument("--out", required=True, help="output folder")
     return ap.parse_args(argv)
+
+
+def load_model(args: argparse.Namespace) -> nn.Module:
+    """The backbone of ``--model``; its network from ``--network`` or ``model.json``."""
+    network, kwargs = args.network, {}
+    info_path = Path(args.model).with_suffix(".json")
+    if network is None and info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+            network, kwargs = info["network"], info.get("network_kwargs") or {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{info_path}: not a recognition.train model.json ({exc})") from None
+    return create_backbone(network or "iresnet34", checkpoint_path=args.model, **kwargs)
 
 
 def parse_landmarks(text: str, what: str) -> Tensor:
@@ -209,7 +223,7 @@ def run(args: argparse.Namespace) -> None:
     if args.rise_masks < 1 or args.batch_size < 1:
         raise InputError("--rise-masks and --batch-size must be >= 1")
     paths = list_images(args)
-    model = create_backbone(args.network, checkpoint_path=args.model).to(args.device).eval()
+    model = load_model(args).to(args.device).eval()
     label_source = LabelSource(args)
     explainers = build_explainers(args, model)
     targets, description = targets_for(args, model)

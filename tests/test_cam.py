@@ -563,7 +563,8 @@ def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsy
     tmp, main, common, _ = cli_setup
     atomic_save({"backbone": tiny(out=16, seed=1).state_dict(), "epoch": 3},
                 tmp / "train.pt")
-    common[1] = str(tmp / "train.pt")
+    (tmp / "train.json").write_text('{"network": "cam_tiny", "network_kwargs": {}}')
+    common = ["--model", str(tmp / "train.pt"), *common[4:]]  # --network from train.json
     Image.open(tmp / "faces" / "f0.png").resize((224, 224)).save(tmp / "big.png")  # 2x size
     points = ",".join(f"{v:.3f}" for v in (ARCFACE_TEMPLATE * 2).flatten().tolist())
     code = main(["--image", str(tmp / "big.png"), "--landmarks", points,
