@@ -36,7 +36,7 @@ from parsing.cli import cli_main
 from parsing.errors import InputError
 from parsing.io import IMAGE_EXTENSIONS, read_image, read_label_map
 from parsing.labels import FSE25
-from recognition import create_backbone
+from recognition.embedding import load_backbone, network_kwargs_arg, to_model_input
 
 log = logging.getLogger("cam.fscam")
 
@@ -57,9 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                         "image's own embedding)")
     ap.add_argument("--model", required=True,
                     help="backbone state_dict, or a training checkpoint with a 'backbone' entry")
-    ap.add_argument("--network", help="recognition.create_backbone name (default: the "
-                                      "'network' of model.json beside --model written by "
-                                      "recognition.train, else iresnet34)")
+    ap.add_argument("--network", help="recognition.create_backbone name, e.g. iresnet34 "
+                                      "(default: from the model.json beside --model)")
+    ap.add_argument("--network-kwargs", type=network_kwargs_arg, metavar="JSON",
+                    help="keyword arguments for the backbone, e.g. '{\"num_features\": 128}'")
     labels = ap.add_mutually_exclusive_group()
     labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "
@@ -82,19 +83,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="RISE masks")
     ap.add_argument("--out", required=True, help="output folder")
     return ap.parse_args(argv)
-
-
-def load_model(args: argparse.Namespace) -> nn.Module:
-    """The backbone of ``--model``; its network from ``--network`` or ``model.json``."""
-    network, kwargs = args.network, {}
-    info_path = Path(args.model).with_suffix(".json")
-    if network is None and info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text())
-            network, kwargs = info["network"], info.get("network_kwargs") or {}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{info_path}: not a recognition.train model.json ({exc})") from None
-    return create_backbone(network or "iresnet34", checkpoint_path=args.model, **kwargs)
 
 
 def parse_landmarks(text: str, what: str) -> Tensor:
@@ -120,11 +108,6 @@ def load_face(path: Path, aligned: bool, landmarks: str | None, what: str) -> Te
         raise InputError(f"{path}: expected a 112x112 aligned face, got "
                          f"{face.shape[2]}x{face.shape[1]}; pass {what} to align it")
     return face
-
-
-def normalise(faces: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) -> float, (x / 255 - 0.5) / 0.5 (SPEC §5.1)."""
-    return faces.float().div(255).sub(0.5).div(0.5)
 
 
 def list_images(args: argparse.Namespace) -> list[Path]:
@@ -205,7 +188,7 @@ def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, T
         face = load_face(Path(args.reference), args.aligned or bool(args.reference_landmarks),
                          args.reference_landmarks, "--reference-landmarks")
         with torch.no_grad():
-            reference = model(normalise(face[None]).to(args.device))[0]
+            reference = model(to_model_input(face[None]).to(args.device))[0]
         target = SimilarityTarget(reference)
         return dict.fromkeys(METHODS, target), \
             f"cosine similarity to the embedding of {args.reference}"
@@ -223,7 +206,7 @@ def run(args: argparse.Namespace) -> None:
     if args.rise_masks < 1 or args.batch_size < 1:
         raise InputError("--rise-masks and --batch-size must be >= 1")
     paths = list_images(args)
-    model = load_model(args).to(args.device).eval()
+    model = load_backbone(args.model, args.network, args.network_kwargs, args.device)
     label_source = LabelSource(args)
     explainers = build_explainers(args, model)
     targets, description = targets_for(args, model)
@@ -238,7 +221,7 @@ def run(args: argparse.Namespace) -> None:
         chunk = paths[start:start + IMAGES_PER_STEP]
         faces = torch.stack([load_face(p, args.aligned, args.landmarks, "--landmarks")
                              for p in chunk])
-        images = normalise(faces).to(args.device)
+        images = to_model_input(faces).to(args.device)
         label_maps = label_source(chunk, images)
         results: dict[str, Explanation] = {}
         for name, explainer in explainers.items():

@@ -520,7 +520,8 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     from parsing.io import atomic_save, write_label_map
     from recognition.backbones import registry
 
-    monkeypatch.setitem(registry._BACKBONES, "cam_tiny", lambda: tiny(out=16, seed=1))
+    monkeypatch.setitem(registry._BACKBONES, "cam_tiny",
+                        lambda num_features=16: tiny(out=num_features, seed=1))
     atomic_save(tiny(out=16, seed=1).state_dict(), tmp_path / "model.pt")
     faces, labels = synth_faces
     for d in ("faces", "labels"):
@@ -563,8 +564,8 @@ def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsy
     tmp, main, common, _ = cli_setup
     atomic_save({"backbone": tiny(out=16, seed=1).state_dict(), "epoch": 3},
                 tmp / "train.pt")
-    (tmp / "train.json").write_text('{"network": "cam_tiny", "network_kwargs": {}}')
-    common = ["--model", str(tmp / "train.pt"), *common[4:]]  # --network from train.json
+    (tmp / "model.json").write_text('{"network": "cam_tiny", "embedding_size": 16}')
+    common = ["--model", str(tmp / "train.pt"), *common[4:]]  # --network from model.json
     Image.open(tmp / "faces" / "f0.png").resize((224, 224)).save(tmp / "big.png")  # 2x size
     points = ",".join(f"{v:.3f}" for v in (ARCFACE_TEMPLATE * 2).flatten().tolist())
     code = main(["--image", str(tmp / "big.png"), "--landmarks", points,
