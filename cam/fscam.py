@@ -160,17 +160,38 @@ class LabelSource:
         return label_map
 
 
-def default_layer(model: nn.Module) -> str:
+def default_layer(model: nn.Module, device: str) -> str:
+    """IResNet: the last block of layer4 (7x7). Other backbones: the last top-level module
+    whose output is still a spatial (B, C, H, W) map (e.g. MobileFaceNet's ``conv_sep``)."""
     stage = getattr(model, "layer4", None)
-    if not isinstance(stage, nn.Sequential):
-        raise InputError(f"{type(model).__name__} has no layer4 stage; give --target-layer")
-    return f"layer4.{len(stage) - 1}"
+    if isinstance(stage, nn.Sequential):
+        return f"layer4.{len(stage) - 1}"
+    spatial: list[str] = []
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, out: Tensor) -> None:
+            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
+                spatial.append(name)
+        return hook
+
+    handles = [child.register_forward_hook(record(name)) for name, child in
+               model.named_children()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 112, 112, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not spatial:
+        raise InputError(f"{type(model).__name__}: no spatial layer found for Grad-CAM/Group-CAM;"
+                         " give --target-layer")
+    return spatial[-1]
 
 
 def build_explainers(args: argparse.Namespace, model: nn.Module) -> dict[str, Explainer]:
     methods = METHODS if args.method == "all" else (args.method,)
-    layer = args.target_layer or (default_layer(model) if set(methods) & set(GRADIENT_METHODS)
-                                  else None)
+    layer = args.target_layer or (default_layer(model, args.device)
+                                  if set(methods) & set(GRADIENT_METHODS) else None)
     make = {
         "fscam": lambda: FSCAM(model, mode=args.mode, batch_size=args.batch_size),
         "gradcam": lambda: GradCAM(model, layer),

@@ -529,8 +529,8 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     for i in range(2):
         Image.fromarray(faces[i].permute(1, 2, 0).numpy()).save(tmp_path / "faces" / f"f{i}.png")
         write_label_map(tmp_path / "labels" / f"f{i}.png", labels[i])
-    common = ["--model", str(tmp_path / "model.pt"), "--network", "cam_tiny", "--target-layer",
-              "layer2", "--rise-masks", "8", "--groups", "4"]
+    common = ["--model", str(tmp_path / "model.pt"), "--network", "cam_tiny", "--rise-masks",
+              "8", "--groups", "4"]  # default target layer: the last spatial one, layer2
     return tmp_path, main, common, labels
 
 
