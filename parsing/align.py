@@ -84,19 +84,21 @@ def align_face(
     image: torch.Tensor | np.ndarray | Image.Image,
     landmarks5: torch.Tensor | np.ndarray,
     size: int = 112,
+    mode: str = "bilinear",
 ) -> torch.Tensor | np.ndarray:
     """Warp faces to the ArcFace template with their five points; border value 0.
 
     Tensors (B, C, H, W) or (C, H, W), float or uint8, give tensors of the same layout and
     dtype on the same device (batched on that device). An (H, W, 3) uint8 array or PIL image
     gives an (size, size, 3) uint8 array. The template is scaled by ``size / 112``.
+    ``mode="nearest"`` warps label maps (given as (B, 1, H, W)) without mixing ids.
     """
     if isinstance(image, (np.ndarray, Image.Image)):
         arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise InputError(f"expected an (H, W, 3) image, got shape {arr.shape}")
         out = align_face(torch.from_numpy(np.require(arr, requirements="CW")).permute(2, 0, 1),
-                         landmarks5, size)
+                         landmarks5, size, mode)
         return out.permute(1, 2, 0).numpy()
     single = image.dim() == 3
     batch = image[None] if single else image
@@ -110,7 +112,7 @@ def align_face(
         )
     matrix = estimate_similarity(pts, ARCFACE_TEMPLATE.to(batch.device) * (size / 112.0))
     src = batch.float() if not batch.dtype.is_floating_point else batch
-    warped = warp_affine(src, matrix.to(src.dtype), dsize=(size, size), mode="bilinear",
+    warped = warp_affine(src, matrix.to(src.dtype), dsize=(size, size), mode=mode,
                          padding_mode="zeros", align_corners=True)
     if not batch.dtype.is_floating_point:
         warped = warped.round().clamp(0, 255).to(batch.dtype)
