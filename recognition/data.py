@@ -1,0 +1,316 @@
+"""Training sets of aligned faces: ImageFolder, insightface RecordIO, the synthetic set.
+
+Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask": uint8 (H, W)``
+(FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
+device after the loader (:mod:`recognition.augment`), so a run resumes exactly with any number
+of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
+:func:`collate_faces` drops it and counts it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, default_collate
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from parsing.errors import DataError, InputError
+from parsing.io import IMAGE_EXTENSIONS, read_label_map
+from parsing.labels import FSE25
+from recognition.recordio import RecordIOReader
+
+__all__ = [
+    "FaceDataset",
+    "ImageFolderFaces",
+    "MaskFolder",
+    "MaskTensorFile",
+    "RecordIOFaces",
+    "SynthFaceSet",
+    "collate_faces",
+    "decode_face",
+    "open_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+
+def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
+    """Decode JPEG/PNG bytes to a (3, H, W) uint8 RGB tensor; DataError names ``where``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: undecodable image (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{where}: undecodable image ({exc})") from None
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        raise DataError(f"{where}: image is {image.shape[2]}x{image.shape[1]}, expected "
+                        f"aligned {size}x{size} faces")
+    return image
+
+
+class MaskFolder:
+    """Label PNGs named after each sample's key: ``root/<key>.png`` (parsing.predict output)."""
+
+    def __init__(self, root: str | os.PathLike, size: int | None = 112) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such mask folder")
+        self.size = size
+
+    def __call__(self, index: int, key: str) -> torch.Tensor:
+        path = self.root / f"{key}.png"
+        mask = torch.from_numpy(read_label_map(path))
+        return _check_mask(mask, str(path), self.size)
+
+
+class MaskTensorFile:
+    """One (N, H, W) uint8 tensor (``torch.save``) of masks in dataset order."""
+
+    def __init__(self, path: str | os.PathLike, size: int | None = 112) -> None:
+        from parsing.io import load_checkpoint
+
+        masks = load_checkpoint(path)
+        if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
+            raise DataError(f"{path}: expected one (N, H, W) mask tensor")
+        self.path, self.masks, self.size = str(path), masks.to(torch.uint8), size
+
+    def __call__(self, index: int, key: str) -> torch.Tensor:
+        return _check_mask(self.masks[index], f"{self.path}[{index}]", self.size)
+
+
+def _check_mask(mask: torch.Tensor, where: str, size: int | None) -> torch.Tensor:
+    if size is not None and tuple(mask.shape) != (size, size):
+        raise DataError(f"{where}: mask is {tuple(mask.shape)}, expected ({size}, {size})")
+    FSE25.check(mask, where)
+    return mask
+
+
+def open_masks(spec: str | os.PathLike, size: int | None = 112) -> MaskFolder | MaskTensorFile:
+    """A mask source from a path: a folder of label PNGs or a ``.pt`` tensor file."""
+    path = Path(spec)
+    if path.is_dir():
+        return MaskFolder(path, size)
+    if path.is_file():
+        return MaskTensorFile(path, size)
+    raise DataError(f"{path}: masks must be a folder of label PNGs or an (N, H, W) tensor file")
+
+
+class FaceDataset(Dataset):
+    """Base of the face training sets: ``_read(i)`` gives the image, ``keys[i]`` names it."""
+
+    num_classes: int
+    keys: list[str]
+    labels: torch.Tensor
+
+    def __init__(self, masks: Any = None, skip_bad: bool = False, size: int | None = 112):
+        self.masks = open_masks(masks, size) if isinstance(masks, (str, os.PathLike)) else masks
+        self.skip_bad = skip_bad
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            image, label = self._read(index)
+            sample = {"image": image, "label": label}
+            if self.masks is not None:
+                sample["mask"] = self.masks(index, self.keys[index])
+        except DataError as exc:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping bad sample: %s", exc)
+            return None
+        return sample
+
+
+class ImageFolderFaces(FaceDataset):
+    """Aligned faces, one folder per identity; labels are the sorted folder indices."""
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112) -> None:
+        super().__init__(masks, skip_bad, size)
+        self.root = Path(root)
+        try:
+            self.classes, class_to_idx = find_classes(str(self.root))
+            items = make_dataset(str(self.root), class_to_idx, extensions=IMAGE_EXTENSIONS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise DataError(f"{self.root}: not an image folder of identities ({exc})") from None
+        self.files = [Path(p) for p, _ in items]
+        self.keys = [str(p.relative_to(self.root).with_suffix("")) for p in self.files]
+        self.labels = torch.tensor([c for _, c in items], dtype=torch.long)
+        self.num_classes = len(self.classes)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.files[index]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable ({exc})") from None
+        return decode_face(data, str(path), self.size), int(self.labels[index])
+
+
+class RecordIOFaces(FaceDataset):
+    """insightface ``train.rec`` + ``train.idx`` (SPEC §5.4), read without mxnet.
+
+    With the header record (key 0, flag > 0) the images are keys ``1..a-1`` and the identity
+    records say which key range belongs to which identity; each image's label is checked
+    against them. Without it every key is an image and labels are taken as they are. A label
+    that is not a whole number in ``0..num_classes-1``, or that disagrees with its identity
+    record, raises DataError naming the record (or is skipped with ``skip_bad``).
+    """
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112, num_classes: int | None = None) -> None:
+        super().__init__(masks, skip_bad, size)
+        root = Path(root)
+        rec = root / "train.rec" if root.is_dir() else root
+        self.reader = RecordIOReader(rec)
+        header = self.reader.read_header(0)[0] if 0 in self.reader.index else None
+        self.expected: np.ndarray | None = None
+        if header is not None and header.flag > 0:
+            if len(header.labels) < 2:
+                raise DataError(f"{self.reader.where(0)}: header record needs two labels (a, b)")
+            first_id, end_id = (int(v) for v in header.labels[:2])
+            image_keys = list(range(1, first_id))
+            self._require_keys(image_keys + list(range(first_id, end_id)))
+            self.num_classes = end_id - first_id
+            self.expected = self._identity_labels(first_id, end_id)
+            labels = self.expected
+        else:
+            image_keys = list(self.reader.keys)
+            labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
+            self.num_classes = int(labels.max(initial=-1)) + 1
+        if num_classes is not None:
+            if num_classes < self.num_classes:
+                raise DataError(f"{rec}: holds {self.num_classes} identities but num_classes is "
+                                f"{num_classes}")
+            self.num_classes = num_classes
+        self.image_keys = image_keys
+        self.keys = [str(k) for k in image_keys]
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+    def _require_keys(self, keys: Sequence[int]) -> None:
+        missing = [k for k in keys if k not in self.reader.index]
+        if missing:
+            raise DataError(f"{self.reader.idx_path}: the header record lists keys missing from "
+                            f"the index, e.g. {missing[:5]}")
+
+    def _identity_labels(self, first_id: int, end_id: int) -> np.ndarray:
+        expected = np.full(first_id - 1, -1, dtype=np.int64)
+        for identity, key in enumerate(range(first_id, end_id)):
+            head = self.reader.read_labels(key)
+            start, stop = (int(v) for v in (head.labels + (0, 0))[:2])
+            if head.flag < 2 or not 1 <= start <= stop <= first_id:
+                raise DataError(f"{self.reader.where(key)}: identity record with key range "
+                                f"{head.labels} outside the images 1..{first_id - 1}")
+            expected[start - 1: stop - 1] = identity
+        if (expected < 0).any():
+            key = int(np.flatnonzero(expected < 0)[0]) + 1
+            raise DataError(f"{self.reader.where(key)}: image belongs to no identity record")
+        return expected
+
+    def _label(self, key: int, header: Any) -> int:
+        head = header if header is not None else self.reader.read_labels(key)
+        value = head.label
+        if not (value >= 0 and float(value).is_integer()):
+            raise DataError(f"{self.reader.where(key)}: label {value} is not an identity index")
+        return int(value)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        key = self.image_keys[index]
+        header, payload = self.reader.read_header(key)
+        label = self._label(key, header)
+        if self.expected is not None and label != self.expected[index]:
+            raise DataError(f"{self.reader.where(key)}: label {label} but its identity record "
+                            f"says {self.expected[index]}")
+        if label >= self.num_classes:
+            raise DataError(f"{self.reader.where(key)}: label {label} >= num_classes "
+                            f"{self.num_classes}")
+        return decode_face(payload, self.reader.where(key), self.size), label
+
+
+class SynthFaceSet(FaceDataset):
+    """The synthetic set of ``python -m parsing.synth`` (images/, labels_25/, identities.csv).
+
+    Labels are the sorted index of each identity; ``masks="labels"`` uses the set's own
+    ``labels_25`` maps, any other mask source is used as given.
+    """
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112) -> None:
+        root = Path(root)
+        if masks == "labels":
+            masks = _SynthLabelMaps(root / "labels_25", size)
+        super().__init__(masks, skip_bad, size)
+        self.root = root
+        table = root / "identities.csv"
+        try:
+            with open(table, newline="") as f:
+                rows = list(csv.DictReader(f))
+            frame_ids = [r["frame_id"] for r in rows]
+            identities = [int(r["identity"]) for r in rows]
+        except FileNotFoundError:
+            raise DataError(f"{table}: no such file (not a parsing.synth folder?)") from None
+        except (KeyError, ValueError, TypeError):
+            raise DataError(f"{table}: expected columns frame_id,identity with integer "
+                            "identities") from None
+        if not rows:
+            raise DataError(f"{table}: no rows")
+        classes = sorted(set(identities))
+        index = {c: i for i, c in enumerate(classes)}
+        self.keys = [f"{int(f):06d}" if f.isdigit() else f for f in frame_ids]
+        self.labels = torch.tensor([index[c] for c in identities], dtype=torch.long)
+        self.identities = classes
+        self.num_classes = len(classes)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.root / "images" / f"{self.keys[index]}.png"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise DataError(f"{path}: missing image listed in identities.csv") from None
+        return decode_face(data, str(path), self.size), int(self.labels[index])
+
+
+class _SynthLabelMaps(MaskFolder):
+    def __call__(self, index: int, key: str) -> torch.Tensor:
+        path = self.root / f"{key}_seg.png"
+        return _check_mask(torch.from_numpy(read_label_map(path)), str(path), self.size)
+
+
+def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112, num_classes: int | None = None) -> FaceDataset:
+    """Pick the reader from the folder: ``train.rec`` -> RecordIO, ``identities.csv`` ->
+    synthetic set, else an ImageFolder of identities."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such dataset")
+    if path.suffix == ".rec" or (path / "train.rec").is_file():
+        return RecordIOFaces(path, masks, skip_bad, size, num_classes)
+    if (path / "identities.csv").is_file():
+        return SynthFaceSet(path, masks, skip_bad, size)
+    if masks == "labels":
+        raise InputError(f"{path}: masks='labels' needs a parsing.synth folder")
+    return ImageFolderFaces(path, masks, skip_bad, size)
+
+
+def collate_faces(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """``default_collate`` of the good samples plus ``"skipped"``: how many were dropped."""
+    good = [s for s in batch if s is not None]
+    out = default_collate(good) if good else {}
+    out["skipped"] = len(batch) - len(good)
+    return out
