@@ -1,1 +1,27 @@
-"""fserasing package."""
+"""Face Semantic Erasing: erase random face regions, per sample in v2 pipelines or batched."""
+
+from fserasing.erasing import FILL_MODES, BatchFSErasing, Erasure, RegionEraser, erase_batch
+from fserasing.masks import (
+    MaskCallable,
+    MaskedImageFolder,
+    MaskFolder,
+    MaskSource,
+    MaskTensor,
+    open_mask_source,
+)
+from fserasing.transforms import FSErasing
+
+__all__ = [
+    "FILL_MODES",
+    "BatchFSErasing",
+    "Erasure",
+    "FSErasing",
+    "MaskCallable",
+    "MaskFolder",
+    "MaskSource",
+    "MaskTensor",
+    "MaskedImageFolder",
+    "RegionEraser",
+    "erase_batch",
+    "open_mask_source",
+]

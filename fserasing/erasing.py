@@ -1,0 +1,514 @@
+"""Face Semantic Erasing (SPEC §3): erase randomly chosen parsing regions of face images.
+
+One vectorised implementation serves every entry point. :class:`RegionEraser` resolves the
+options once; :meth:`RegionEraser.draw` makes every random decision for a batch (an
+:class:`Erasure`) and :meth:`RegionEraser.apply` fills the chosen pixels. :func:`erase_batch`,
+:class:`BatchFSErasing` and the per-sample :class:`fserasing.FSErasing` (a batch of one) all
+call these two methods, so they agree exactly for the same random draws.
+
+Conventions:
+
+* Float images are taken to be normalised (mean = std = 0.5, the project's convention): the
+  random fills are N(0, 1) values in that space. uint8 images get the same fills mapped through
+  that normalisation (``255 * (0.5 + 0.5 z)``, rounded and clamped), so a uint8 image erased and
+  then normalised looks like a normalised image erased. Constant fills are written as given,
+  in the image's own value range (as in ``torchvision.transforms.v2.RandomErasing``).
+* Class choice follows the reference: with probability ``p`` an image gets ``n_erase`` classes
+  drawn without replacement (weighted by ``class_weights``) among all allowed classes, so a
+  chosen class absent from the image erases nothing. ``present_only=True`` chooses among the
+  classes present in each image instead.
+* Label ids outside the label set raise :class:`~parsing.errors.LabelError`; pixels holding
+  the set's ignore id (e.g. 255 in FaceSynthetics) are never erased.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from parsing.errors import InputError
+from parsing.labels import LabelSet, get_label_set
+
+__all__ = ["FILL_MODES", "Erasure", "RegionEraser", "erase_batch", "BatchFSErasing"]
+
+#: Named fill modes; a number or a per-channel tuple fills with that constant.
+FILL_MODES = ("random", "random_1", "random_mix", "mean", "region_mean", "shuffle", "blur")
+
+ClassSpec = int | str | Iterable[int | str]
+NErase = int | tuple[int, int] | list[int | str]
+Fill = str | float | Sequence[float]
+
+
+@dataclass
+class Erasure:
+    """The random decisions for one batch; index it (``erasure[i]``) for sample ``i``'s share.
+
+    ``selected`` (B, K) bool: classes chosen per image (chosen but absent classes included).
+    ``region`` (B, H, W) bool: pixels to fill. ``noise_region`` (B, H, W) bool and ``noise``
+    (flat, ``noise_region.sum() * channels`` values in (b, c, h, w) order): per-pixel N(0, 1)
+    values. ``colours`` (B, K, C): one N(0, 1) colour per class. ``shuffle_keys`` (B, H*W):
+    random sort keys for ``fill="shuffle"``.
+    """
+
+    selected: torch.Tensor
+    region: torch.Tensor
+    channels: int
+    noise_region: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    colours: torch.Tensor | None = None
+    shuffle_keys: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.selected.shape[0]
+
+    def __getitem__(self, i: int) -> Erasure:
+        sl = slice(i, i + 1)
+        noise = None
+        if self.noise is not None:
+            per_image = self.noise_region.flatten(1).sum(1) * self.channels
+            stop = int(per_image[: i + 1].sum())
+            noise = self.noise[stop - int(per_image[i]) : stop]
+        return Erasure(
+            selected=self.selected[sl],
+            region=self.region[sl],
+            channels=self.channels,
+            noise_region=None if self.noise_region is None else self.noise_region[sl],
+            noise=noise,
+            colours=None if self.colours is None else self.colours[sl],
+            shuffle_keys=None if self.shuffle_keys is None else self.shuffle_keys[sl],
+        )
+
+
+class RegionEraser:
+    """Resolved FSErasing options: draws erasures for batches and applies them.
+
+    Args:
+        p: probability that an image is erased at all.
+        n_erase: classes to erase per image: an int; a ``(lo, hi)`` tuple, drawn uniformly
+            with both ends included; or a list of class ids / names / group names that are
+            always the ones erased.
+        classes: candidate classes (ids, names, group names such as ``"eyes"``); default:
+            the label set's ``"face"`` group (FSE-25 ids 1-19), else every class but
+            background. ``range(25)`` reproduces the reference's candidates (background too).
+        class_weights: relative choice weights: a sequence aligned with the candidates
+            (sorted ids, or the ``classes`` entries when ``group_units``) or a mapping from
+            id / name / group name to weight (unlisted candidates weigh 1).
+        fill: one of :data:`FILL_MODES` or a constant (number or per-channel tuple).
+            ``random``: per-pixel N(0, 1); ``random_1``: one N(0, 1) colour per channel per
+            region; ``random_mix``: each region takes ``random`` or ``random_1`` with
+            probability 1/2 (per region, as in the reference); ``mean``: the image's mean
+            colour; ``region_mean``: the region's own mean colour; ``shuffle``: the region's
+            pixels permuted among themselves; ``blur``: a Gaussian-blurred copy of the image.
+        label_set: label set of the masks (``"fse25"``).
+        group_units: erase each entry of ``classes`` as a whole (``["eyes", "nose"]`` erases
+            both eyes together) instead of choosing single classes.
+        present_only: choose only among classes present in each image.
+        blur_sigma: Gaussian sigma in pixels for ``fill="blur"``; default ``max(H, W) / 28``.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        n_erase: NErase = 1,
+        classes: ClassSpec | None = None,
+        class_weights: Sequence[float] | Mapping[int | str, float] | None = None,
+        fill: Fill = "random",
+        label_set: str | LabelSet = "fse25",
+        group_units: bool = False,
+        present_only: bool = False,
+        blur_sigma: float | None = None,
+    ) -> None:
+        self.label_set = get_label_set(label_set)
+        if not 0.0 <= float(p) <= 1.0:
+            raise InputError(f"p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.fill = _check_fill(fill)
+        if blur_sigma is not None and not blur_sigma > 0:
+            raise InputError(f"blur_sigma must be positive, got {blur_sigma}")
+        self.blur_sigma = blur_sigma
+        self.present_only = bool(present_only)
+        ls = self.label_set
+        if classes is None:
+            classes = "face" if "face" in ls.groups else range(1, ls.num_classes)
+        entries = [classes] if isinstance(classes, (int, str)) else list(classes)
+        if not entries:
+            raise InputError("classes is empty: give at least one class or group")
+        units = [tuple(ls.ids(e)) for e in entries] if group_units else [
+            (i,) for i in ls.ids(entries)]
+        self.units = units
+        membership = torch.zeros(len(units), ls.num_classes, dtype=torch.bool)
+        for u, ids in enumerate(units):
+            membership[u, list(ids)] = True
+        self._membership = membership
+        self._weights = _unit_weights(class_weights, units, entries, group_units, ls)
+        self.n_range, self.explicit = _check_n_erase(n_erase, len(units), self.present_only, ls)
+        self._device_tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def __repr__(self) -> str:
+        n = self.n_range if self.explicit is None else self.explicit.nonzero().flatten().tolist()
+        return (f"RegionEraser(p={self.p}, n_erase={n}, units={len(self.units)}, "
+                f"fill={self.fill!r}, label_set={self.label_set.key!r})")
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._device_tables:
+            explicit = self.explicit.to(device) if self.explicit is not None else None
+            self._device_tables[device] = (
+                self._membership.to(device), self._weights.to(device), explicit)
+        return self._device_tables[device]
+
+    # -- validation ---------------------------------------------------------------------
+
+    def check_masks(self, masks: torch.Tensor, what: str = "masks") -> None:
+        """Raise a :class:`LabelError` naming ``what`` if ``masks`` has ids outside the set."""
+        if masks.dtype.is_floating_point or masks.dtype == torch.bool or masks.is_complex():
+            raise InputError(f"{what}: label maps must be an integer tensor, got {masks.dtype}")
+        if masks.numel() == 0:
+            return
+        lo, hi = torch.aminmax(masks)
+        if int(lo) < 0 or int(hi) >= self.label_set.num_classes:
+            self.label_set.check(masks, what)  # precise message, allows the ignore id
+            if int(hi) > 255:  # an ignore id within the set but not a valid pixel value
+                raise InputError(f"{what}: label ids above 255")
+
+    def check_pair(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Validate a (B, C, H, W) image batch against its masks; return masks as (B, H, W)."""
+        if images.ndim != 4:
+            raise InputError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        if masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.ndim != 3:
+            raise InputError(f"masks must be (B, H, W), got shape {tuple(masks.shape)}")
+        if masks.shape[0] != images.shape[0]:
+            raise InputError(f"{masks.shape[0]} masks for {images.shape[0]} images")
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise InputError(
+                f"mask size {tuple(masks.shape[-2:])} differs from image size "
+                f"{tuple(images.shape[-2:])} (H, W)")
+        if masks.device != images.device:
+            raise InputError(f"masks on {masks.device} but images on {images.device}")
+        if not (images.dtype.is_floating_point or images.dtype == torch.uint8):
+            raise InputError(f"images must be floating point or uint8, got {images.dtype}")
+        self.check_masks(masks)
+        return masks
+
+    # -- the two halves -----------------------------------------------------------------
+
+    def draw(
+        self, masks: torch.Tensor, channels: int, generator: torch.Generator | None = None
+    ) -> Erasure:
+        """Make every random decision for a (B, H, W) batch of valid masks."""
+        device = masks.device
+        if generator is not None and generator.device.type != device.type:
+            raise InputError(
+                f"generator is on {generator.device} but the batch is on {device}; "
+                f"create it with torch.Generator(device={str(device)!r})")
+        membership, weights, explicit = self._tables(device)
+        b, k = masks.shape[0], self.label_set.num_classes
+        idx = _class_index(masks, k)
+        apply = torch.rand(b, generator=generator, device=device) < self.p
+        if explicit is not None:
+            selected = apply[:, None] & explicit
+        else:
+            lo, hi = self.n_range
+            if lo == hi:
+                n = torch.full((b,), lo, device=device)
+            else:
+                n = torch.randint(lo, hi + 1, (b,), generator=generator, device=device)
+            w = weights.expand(b, -1)
+            if self.present_only:
+                present = _present(idx, k)[:, :k]
+                w = w * (present.float() @ membership.T.float() > 0)
+            # Exponential race (Gumbel-top-k): the n smallest E/w are a weighted draw
+            # without replacement, i.e. the same law as torch.multinomial(replacement=False).
+            race = torch.empty(b, w.shape[1], device=device).exponential_(generator=generator)
+            rank = (race / w).argsort(dim=1).argsort(dim=1)
+            chosen = (rank < n[:, None]) & (w > 0) & apply[:, None]
+            selected = chosen.float() @ membership.float() > 0
+        region = _per_pixel(selected, idx)
+        erasure = Erasure(selected=selected, region=region, channels=channels)
+        fill = self.fill
+        if fill in ("random_1", "random_mix"):
+            per_pixel = torch.rand(b, k, generator=generator, device=device) < 0.5
+            erasure.colours = torch.randn(b, k, channels, generator=generator, device=device)
+        if fill in ("random", "random_mix"):
+            erasure.noise_region = region if fill == "random" else region & _per_pixel(
+                per_pixel, idx)
+            count = int(erasure.noise_region.sum()) * channels
+            erasure.noise = torch.randn(count, generator=generator, device=device)
+        if fill == "shuffle":
+            erasure.shuffle_keys = torch.randint(
+                0, 2**31, (b, idx[0].numel()), generator=generator, device=device)
+        return erasure
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
+        """Fill ``erasure.region`` of (B, C, H, W) images; every other pixel is copied as is."""
+        if erasure.region.shape != masks.shape or erasure.channels != images.shape[1]:
+            raise InputError("this erasure was drawn for a batch of another shape")
+        region = erasure.region[:, None]
+        fill = self.fill
+        if fill == "random":
+            return _scatter_noise(images, erasure)
+        if fill in ("random_1", "random_mix"):
+            out = torch.where(region, _per_class(erasure.colours, masks, images.dtype), images)
+            return _scatter_noise(out, erasure) if fill == "random_mix" else out
+        if fill == "mean":
+            mean = _as_float(images).mean(dim=(2, 3), keepdim=True)
+            return torch.where(region, _from_image_space(mean, images.dtype), images)
+        if fill == "region_mean":
+            means = _region_means(images, masks, self.label_set.num_classes)
+            return torch.where(region, _per_class(means, masks, images.dtype, False), images)
+        if fill == "shuffle":
+            return _shuffle(images, masks, erasure)
+        if fill == "blur":
+            sigma = self.blur_sigma or max(images.shape[-2:]) / 28
+            size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
+            if size < 3:
+                return images.clone()
+            blurred = TF.gaussian_blur(images, [size, size], [sigma, sigma])
+            return torch.where(region, blurred, images)
+        return torch.where(region, _constant(fill, images), images)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, Erasure]:
+        """Check, draw and apply: ``(erased images, erasure)``."""
+        masks = self.check_pair(images, masks)
+        erasure = self.draw(masks, images.shape[1], generator)
+        return self.apply(images, masks, erasure), erasure
+
+    def erased(self, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
+        """(B, K) bool: the chosen classes that were present, i.e. whose pixels were filled."""
+        k = self.label_set.num_classes
+        idx = _class_index(masks.reshape(erasure.region.shape), k)
+        return erasure.selected & _present(idx, k)[:, :k]
+
+
+def erase_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    p: float = 0.5,
+    n_erase: NErase = 1,
+    classes: ClassSpec | None = None,
+    class_weights: Sequence[float] | Mapping[int | str, float] | None = None,
+    fill: Fill = "random",
+    label_set: str | LabelSet = "fse25",
+    generator: torch.Generator | None = None,
+    return_erased: bool = False,
+    **options,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Erase random parsing regions of a whole batch in one vectorised pass.
+
+    ``images`` (B, C, H, W) float (normalised) or uint8; ``masks`` (B, H, W) integer label
+    maps on the same device. Options as in :class:`RegionEraser` (``group_units``,
+    ``present_only``, ``blur_sigma`` go in ``options``). ``generator`` must be on the images'
+    device. Returns new images of the same shape, dtype and device; with ``return_erased`` also
+    the (B, num_classes) bool map of classes whose pixels were filled.
+    """
+    eraser = RegionEraser(p, n_erase, classes, class_weights, fill, label_set, **options)
+    out, erasure = eraser(images, masks, generator)
+    if return_erased:
+        return out, eraser.erased(masks, erasure)
+    return out
+
+
+class BatchFSErasing(nn.Module):
+    """:func:`erase_batch` as a module, for the training loop right after the data loader.
+
+    ``BatchFSErasing(p=0.5, n_erase=(1, 3))(images, masks)`` erases whatever mode the module
+    is in: it is an augmentation step to call while training, not a layer of the model.
+    Arguments as in :class:`RegionEraser`; ``generator`` (on the batch's device) seeds it.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        n_erase: NErase = 1,
+        classes: ClassSpec | None = None,
+        class_weights: Sequence[float] | Mapping[int | str, float] | None = None,
+        fill: Fill = "random",
+        label_set: str | LabelSet = "fse25",
+        generator: torch.Generator | None = None,
+        return_erased: bool = False,
+        **options,
+    ) -> None:
+        super().__init__()
+        self.eraser = RegionEraser(p, n_erase, classes, class_weights, fill, label_set, **options)
+        self.generator = generator
+        self.return_erased = return_erased
+
+    def extra_repr(self) -> str:
+        return repr(self.eraser)
+
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out, erasure = self.eraser(images, masks, self.generator)
+        if self.return_erased:
+            return out, self.eraser.erased(masks, erasure)
+        return out
+
+
+# -- option parsing ----------------------------------------------------------------------
+
+
+def _check_fill(fill: Fill) -> Fill:
+    if isinstance(fill, str):
+        if fill not in FILL_MODES:
+            raise InputError(f"unknown fill {fill!r}; use one of {', '.join(FILL_MODES)} "
+                             "or a number / per-channel tuple")
+        return fill
+    values = [fill] if isinstance(fill, (int, float)) else list(fill)
+    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise InputError(f"fill must be a mode name, a number or a tuple of numbers, got {fill!r}")
+    return float(values[0]) if isinstance(fill, (int, float)) else tuple(map(float, values))
+
+
+def _check_n_erase(
+    n_erase: NErase, n_units: int, present_only: bool, ls: LabelSet
+) -> tuple[tuple[int, int] | None, torch.Tensor | None]:
+    if isinstance(n_erase, list):
+        explicit = torch.zeros(ls.num_classes, dtype=torch.bool)
+        explicit[ls.ids(n_erase)] = True
+        return None, explicit
+    if isinstance(n_erase, tuple):
+        if len(n_erase) != 2:
+            raise InputError(f"n_erase as a tuple must be (lo, hi), got {n_erase!r}")
+        lo, hi = n_erase
+    else:
+        lo = hi = n_erase
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) or not (
+            0 <= lo <= hi):
+        raise InputError(
+            f"n_erase must be an int >= 0, a (lo, hi) tuple with 0 <= lo <= hi, or a list of "
+            f"classes; got {n_erase!r}")
+    if hi > n_units and not present_only:
+        raise InputError(f"n_erase={n_erase!r} but there are only {n_units} candidate classes")
+    return (lo, hi), None
+
+
+def _unit_weights(
+    class_weights: Sequence[float] | Mapping[int | str, float] | None,
+    units: list[tuple[int, ...]],
+    entries: list[int | str],
+    group_units: bool,
+    ls: LabelSet,
+) -> torch.Tensor:
+    weights = torch.ones(len(units), dtype=torch.float32)
+    if class_weights is None:
+        pass
+    elif isinstance(class_weights, Mapping):
+        for key, value in class_weights.items():
+            if group_units:
+                hits = [u for u, e in enumerate(entries) if e == key]
+            else:
+                ids = set(ls.ids(key))
+                hits = [u for u, (i,) in enumerate(units) if i in ids]
+            if not hits:
+                raise InputError(f"class_weights names {key!r}, which is not a candidate class")
+            weights[hits] = float(value)
+    else:
+        values = torch.as_tensor(list(class_weights), dtype=torch.float32)
+        if values.shape != (len(units),):
+            raise InputError(
+                f"class_weights has {values.numel()} values for {len(units)} candidate classes")
+        weights = values
+    if not torch.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
+        raise InputError("class_weights must be finite, >= 0, and not all zero")
+    return weights
+
+
+# -- vectorised kernels ------------------------------------------------------------------
+
+
+def _class_index(masks: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, H, W) int64 class index; ids outside 0..k-1 (the ignore id) become ``k``."""
+    return masks.long().clamp_(max=k)
+
+
+def _per_pixel(per_class: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Look a (B, K) table up at every pixel of a (B, H, W) class index."""
+    table = F.pad(per_class, (0, 1))  # column K: pixels outside the label set
+    return table.gather(1, idx.flatten(1)).view_as(idx)
+
+
+def _present(idx: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K + 1) bool: which class indices occur in each image."""
+    present = torch.zeros(idx.shape[0], k + 1, dtype=torch.bool, device=idx.device)
+    return present.scatter_(1, idx.flatten(1), True)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images if images.dtype.is_floating_point else images.float()
+
+
+def _from_normalised(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised-space values (mean = std = 0.5) as pixel values of ``dtype``."""
+    if dtype.is_floating_point:
+        return values.to(dtype)
+    return (values * 127.5 + 127.5).round_().clamp_(0, 255).to(dtype)
+
+
+def _from_image_space(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float values already in the image's range as pixel values of ``dtype``."""
+    if dtype.is_floating_point:
+        return values.to(dtype)
+    return values.round().clamp_(0, 255).to(dtype)
+
+
+def _scatter_noise(images: torch.Tensor, erasure: Erasure) -> torch.Tensor:
+    where = erasure.noise_region[:, None].expand_as(images)
+    return images.masked_scatter(where, _from_normalised(erasure.noise, images.dtype))
+
+
+def _per_class(
+    colours: torch.Tensor, masks: torch.Tensor, dtype: torch.dtype, normalised: bool = True
+) -> torch.Tensor:
+    """(B, K, C) colours painted at every pixel of its class: (B, C, H, W) of ``dtype``."""
+    b, k, c = colours.shape
+    convert = _from_normalised if normalised else _from_image_space
+    table = convert(F.pad(colours.transpose(1, 2), (0, 1)), dtype)  # (B, C, K + 1)
+    idx = _class_index(masks, k).flatten(1)[:, None].expand(b, c, -1)
+    return table.gather(2, idx).view(b, c, *masks.shape[-2:])
+
+
+def _region_means(images: torch.Tensor, masks: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, K, C) float32 mean colour of every class region of every image."""
+    b, c = images.shape[:2]
+    idx = _class_index(masks, k).flatten(1)
+    values = _as_float(images).flatten(2)
+    sums = values.new_zeros(b, c, k + 1).scatter_add_(2, idx[:, None].expand(b, c, -1), values)
+    counts = values.new_zeros(b, k + 1).scatter_add_(1, idx, values.new_ones(idx.shape))
+    return (sums / counts.clamp(min=1)[:, None])[..., :k].transpose(1, 2)
+
+
+def _shuffle(images: torch.Tensor, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
+    """Permute each erased region's pixels among themselves (one random permutation each)."""
+    b, c = images.shape[:2]
+    k = erasure.selected.shape[1]
+    region = erasure.region.flatten(1)
+    position = torch.arange(region.shape[1], device=images.device).expand_as(region)
+    # Group by class (untouched pixels form group k + 1); inside a group the canonical order
+    # is by position and the random order by key, so rank j of one maps to rank j of the other.
+    group = torch.where(region, _class_index(masks, k).flatten(1), k + 1) << 32
+    canonical = (group + position).argsort(dim=1)
+    shuffled = (group + torch.where(region, erasure.shuffle_keys, position)).argsort(dim=1)
+    flat = images.flatten(2)
+    source = flat.gather(2, shuffled[:, None].expand(b, c, -1))
+    return flat.scatter(2, canonical[:, None].expand(b, c, -1), source).view_as(images)
+
+
+def _constant(fill: float | tuple[float, ...], images: torch.Tensor) -> torch.Tensor:
+    values = torch.as_tensor(fill, dtype=torch.float32, device=images.device).flatten()
+    if values.numel() not in (1, images.shape[1]):
+        raise InputError(
+            f"fill has {values.numel()} values but the images have {images.shape[1]} channels")
+    return _from_image_space(values.view(1, -1, 1, 1), images.dtype)

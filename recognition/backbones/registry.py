@@ -1,0 +1,60 @@
+"""Backbone registry: ``create_backbone("iresnet34")``, ``create_backbone("timm:resnet18")``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+from torch import nn
+
+from parsing.errors import InputError
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+# insightface's config names (``config.network = "r50"``) resolve to ours.
+_ALIASES = {
+    "r18": "iresnet18",
+    "r34": "iresnet34",
+    "r50": "iresnet50",
+    "r100": "iresnet100",
+    "r200": "iresnet200",
+}
+TIMM_PREFIX = "timm:"
+
+
+def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a backbone constructor under its function name (timm style decorator)."""
+    if fn.__name__ in _BACKBONES:
+        raise ValueError(f"backbone {fn.__name__!r} is already registered")
+    _BACKBONES[fn.__name__] = fn
+    return fn
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered backbones matching a shell-style ``pattern``.
+
+    Any timm model is also available as ``"timm:<name>"`` (see ``timm.list_models``).
+    """
+    return sorted(name for name in _BACKBONES if fnmatch.fnmatchcase(name, pattern))
+
+
+def create_backbone(name: str, **kwargs) -> nn.Module:
+    """Build a face-embedding backbone by name.
+
+    Args:
+        name: a registered name (``list_backbones()``), an insightface alias (``"r50"``) or
+            ``"timm:<model>"`` for any timm model with a 512-d embedding head.
+        **kwargs: passed to the constructor (e.g. ``num_features``, ``dropout``, ``fp16``).
+
+    Returns:
+        An ``nn.Module`` mapping (B, 3, 112, 112) images normalised with mean = std = 0.5 to
+        (B, num_features) raw, unnormalised embeddings.
+    """
+    if name.startswith(TIMM_PREFIX):
+        from recognition.backbones.timm_backbone import TimmBackbone
+
+        return TimmBackbone(name[len(TIMM_PREFIX):], **kwargs)
+    key = _ALIASES.get(name, name)
+    if key not in _BACKBONES:
+        known = ", ".join(list_backbones())
+        raise InputError(f"unknown backbone {name!r}; known: {known}, or 'timm:<model name>'")
+    return _BACKBONES[key](**kwargs)
