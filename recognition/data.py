@@ -23,16 +23,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, make_dataset
 
+from fserasing.masks import MaskFolder, open_mask_source
 from parsing.errors import DataError, InputError
-from parsing.io import IMAGE_EXTENSIONS, read_label_map
+from parsing.io import IMAGE_EXTENSIONS
 from parsing.labels import FSE25
 from recognition.recordio import RecordIOReader
 
 __all__ = [
     "FaceDataset",
     "ImageFolderFaces",
-    "MaskFolder",
-    "MaskTensorFile",
     "RecordIOFaces",
     "SynthFaceSet",
     "collate_faces",
@@ -58,77 +57,60 @@ def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor
     return image
 
 
-class MaskFolder:
-    """Label PNGs named after each sample's key: ``root/<key>.png`` (parsing.predict output)."""
-
-    def __init__(self, root: str | os.PathLike, size: int | None = 112) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: no such mask folder")
-        self.size = size
-
-    def __call__(self, index: int, key: str) -> torch.Tensor:
-        path = self.root / f"{key}.png"
-        mask = torch.from_numpy(read_label_map(path))
-        return _check_mask(mask, str(path), self.size)
-
-
-class MaskTensorFile:
-    """One (N, H, W) uint8 tensor (``torch.save``) of masks in dataset order."""
-
-    def __init__(self, path: str | os.PathLike, size: int | None = 112) -> None:
-        from parsing.io import load_checkpoint
-
-        masks = load_checkpoint(path)
-        if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
-            raise DataError(f"{path}: expected one (N, H, W) mask tensor")
-        self.path, self.masks, self.size = str(path), masks.to(torch.uint8), size
-
-    def __call__(self, index: int, key: str) -> torch.Tensor:
-        return _check_mask(self.masks[index], f"{self.path}[{index}]", self.size)
-
-
-def _check_mask(mask: torch.Tensor, where: str, size: int | None) -> torch.Tensor:
-    if size is not None and tuple(mask.shape) != (size, size):
-        raise DataError(f"{where}: mask is {tuple(mask.shape)}, expected ({size}, {size})")
-    FSE25.check(mask, where)
-    return mask
-
-
-def open_masks(spec: str | os.PathLike, size: int | None = 112) -> MaskFolder | MaskTensorFile:
-    """A mask source from a path: a folder of label PNGs or a ``.pt`` tensor file."""
-    path = Path(spec)
-    if path.is_dir():
-        return MaskFolder(path, size)
-    if path.is_file():
-        return MaskTensorFile(path, size)
-    raise DataError(f"{path}: masks must be a folder of label PNGs or an (N, H, W) tensor file")
-
-
 class FaceDataset(Dataset):
-    """Base of the face training sets: ``_read(i)`` gives the image, ``keys[i]`` names it."""
+    """Base of the face training sets.
 
+    Subclasses set ``root``, ``keys`` (each sample's path under ``root``), ``labels`` and
+    ``num_classes``; ``_read(i) -> (image, label)`` reads ``image_path(i)`` unless overridden.
+    A mask source (:func:`fserasing.open_mask_source`: folder, tensor file, callable) pairs
+    masks with samples by that path.
+    """
+
+    root: Path
     num_classes: int
     keys: list[str]
     labels: torch.Tensor
 
     def __init__(self, masks: Any = None, skip_bad: bool = False, size: int | None = 112):
-        self.masks = open_masks(masks, size) if isinstance(masks, (str, os.PathLike)) else masks
+        self.mask_source = open_mask_source(masks) if masks is not None else None
         self.skip_bad = skip_bad
         self.size = size
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def image_path(self, index: int) -> Path:
+        return self.root / self.keys[index]
+
+    def _check_masks(self) -> None:
+        if self.mask_source is not None:
+            self.mask_source.check_dataset([self.image_path(i) for i in range(len(self))],
+                                           self.root)
+
     def _read(self, index: int) -> tuple[torch.Tensor, int]:
-        raise NotImplementedError
+        path = self.image_path(index)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable image ({exc.strerror})") from None
+        return decode_face(data, str(path), self.size), int(self.labels[index])
+
+    def _mask(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        path = self.image_path(index)
+        where = self.mask_source.describe(index, path, self.root)
+        mask = self.mask_source.load(index, path, self.root)
+        if mask.shape != image.shape[1:]:
+            raise DataError(f"{where}: mask is {tuple(mask.shape)}, image is "
+                            f"{tuple(image.shape[1:])}")
+        FSE25.check(mask, where)
+        return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         try:
             image, label = self._read(index)
             sample = {"image": image, "label": label}
-            if self.masks is not None:
-                sample["mask"] = self.masks(index, self.keys[index])
+            if self.mask_source is not None:
+                sample["mask"] = self._mask(index, image)
         except DataError as exc:
             if not self.skip_bad:
                 raise
@@ -149,18 +131,10 @@ class ImageFolderFaces(FaceDataset):
             items = make_dataset(str(self.root), class_to_idx, extensions=IMAGE_EXTENSIONS)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise DataError(f"{self.root}: not an image folder of identities ({exc})") from None
-        self.files = [Path(p) for p, _ in items]
-        self.keys = [str(p.relative_to(self.root).with_suffix("")) for p in self.files]
+        self.keys = [str(Path(p).relative_to(self.root)) for p, _ in items]
         self.labels = torch.tensor([c for _, c in items], dtype=torch.long)
         self.num_classes = len(self.classes)
-
-    def _read(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.files[index]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"{path}: unreadable ({exc})") from None
-        return decode_face(data, str(path), self.size), int(self.labels[index])
+        self._check_masks()
 
 
 class RecordIOFaces(FaceDataset):
@@ -178,6 +152,7 @@ class RecordIOFaces(FaceDataset):
         super().__init__(masks, skip_bad, size)
         root = Path(root)
         rec = root / "train.rec" if root.is_dir() else root
+        self.root = rec.parent
         self.reader = RecordIOReader(rec)
         header = self.reader.read_header(0)[0] if 0 in self.reader.index else None
         self.expected: np.ndarray | None = None
@@ -202,6 +177,7 @@ class RecordIOFaces(FaceDataset):
         self.image_keys = image_keys
         self.keys = [str(k) for k in image_keys]
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self._check_masks()
 
     def _require_keys(self, keys: Sequence[int]) -> None:
         missing = [k for k in keys if k not in self.reader.index]
@@ -253,10 +229,10 @@ class SynthFaceSet(FaceDataset):
     def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
                  size: int | None = 112) -> None:
         root = Path(root)
-        if masks == "labels":
-            masks = _SynthLabelMaps(root / "labels_25", size)
+        if isinstance(masks, str) and masks == "labels":
+            masks = MaskFolder(root / "labels_25", suffix="_seg.png")
         super().__init__(masks, skip_bad, size)
-        self.root = root
+        self.root = root / "images"
         table = root / "identities.csv"
         try:
             with open(table, newline="") as f:
@@ -272,24 +248,11 @@ class SynthFaceSet(FaceDataset):
             raise DataError(f"{table}: no rows")
         classes = sorted(set(identities))
         index = {c: i for i, c in enumerate(classes)}
-        self.keys = [f"{int(f):06d}" if f.isdigit() else f for f in frame_ids]
+        self.keys = [f"{int(f):06d}.png" if f.isdigit() else f"{f}.png" for f in frame_ids]
         self.labels = torch.tensor([index[c] for c in identities], dtype=torch.long)
         self.identities = classes
         self.num_classes = len(classes)
-
-    def _read(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.root / "images" / f"{self.keys[index]}.png"
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise DataError(f"{path}: missing image listed in identities.csv") from None
-        return decode_face(data, str(path), self.size), int(self.labels[index])
-
-
-class _SynthLabelMaps(MaskFolder):
-    def __call__(self, index: int, key: str) -> torch.Tensor:
-        path = self.root / f"{key}_seg.png"
-        return _check_mask(torch.from_numpy(read_label_map(path)), str(path), self.size)
+        self._check_masks()
 
 
 def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
