@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -34,6 +33,8 @@ class TimmBackbone(nn.Module):
     def __init__(self, model_name: str, num_features: int = 512, dropout: float = 0.0,
                  fp16: bool = False, amp_dtype: torch.dtype = torch.float16,
                  **timm_kwargs) -> None:
+        import timm  # imported on first use: it adds seconds to `import recognition`
+
         super().__init__()
         if not timm.is_model(model_name):
             raise InputError(f"unknown timm model {model_name!r} (see timm.list_models())")
