@@ -123,10 +123,16 @@ class TrainConfig:
             raise InputError("save_every_steps and num_workers must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if out["margin_list"] is not None:
-            out["margin_list"] = list(out["margin_list"])
-        return out
+        """Plain YAML-safe values (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _fields() -> dict[str, dataclasses.Field]:

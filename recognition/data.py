@@ -230,7 +230,7 @@ class SynthFaceSet(FaceDataset):
                  size: int | None = 112) -> None:
         root = Path(root)
         if isinstance(masks, str) and masks == "labels":
-            masks = MaskFolder(root / "labels_25", suffix="_seg.png")
+            masks = _SynthLabelMaps(root / "labels_25")
         super().__init__(masks, skip_bad, size)
         self.root = root / "images"
         table = root / "identities.csv"
@@ -253,6 +253,14 @@ class SynthFaceSet(FaceDataset):
         self.identities = classes
         self.num_classes = len(classes)
         self._check_masks()
+
+
+class _SynthLabelMaps(MaskFolder):
+    """``labels_25/<frame>_seg.png`` beside ``images/<frame>.png``."""
+
+    def path_for(self, image_path: Path, root: Path) -> Path:
+        rel = Path(image_path).relative_to(root)
+        return self.root / rel.parent / f"{rel.stem}_seg.png"
 
 
 def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
