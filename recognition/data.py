@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from fserasing.masks import MaskFolder, open_mask_source
-from parsing.errors import DataError, InputError
+from parsing.errors import DataError, InputError, LabelError
 from parsing.io import IMAGE_EXTENSIONS
 from parsing.labels import FSE25
 from recognition.recordio import RecordIOReader
@@ -102,7 +102,10 @@ class FaceDataset(Dataset):
         if mask.shape != image.shape[1:]:
             raise DataError(f"{where}: mask is {tuple(mask.shape)}, image is "
                             f"{tuple(image.shape[1:])}")
-        FSE25.check(mask, where)
+        try:
+            FSE25.check(mask, where)
+        except LabelError as exc:  # a corrupt data file: skippable like any other
+            raise DataError(str(exc)) from None
         return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:

@@ -40,7 +40,8 @@ def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 64,
 
 
 def _best_threshold(scores: torch.Tensor, same: torch.Tensor) -> float:
-    """Threshold t maximising the accuracy of ``score >= t`` (ties kept together)."""
+    """Threshold t maximising the accuracy of ``score >= t`` (ties kept together), halfway
+    to the next lower score so that unseen pairs near the boundary are not all misread."""
     order = scores.argsort(descending=True)
     s, y = scores[order], same[order].double()
     tp = y.cumsum(0)
@@ -52,7 +53,7 @@ def _best_threshold(scores: torch.Tensor, same: torch.Tensor) -> float:
     k = int(accuracy.argmax())
     if accuracy[k] < len(s) - y.sum():  # calling nothing "same" is better
         return float(s[0]) + 1.0
-    return float(s[k])
+    return float(s[k] + s[k + 1]) / 2 if k + 1 < len(s) else float(s[k]) - 1.0
 
 
 def pair_accuracy(scores: torch.Tensor, same: torch.Tensor, folds: int = 10

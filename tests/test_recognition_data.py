@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from parsing.errors import DataError
+from parsing.io import read_label_map, write_label_map
+from recognition.data import ImageFolderFaces, SynthFaceSet, collate_faces, open_dataset
+from recognition.recordio import write_recordio
+from recognition.validation import SynthPairs, _best_threshold, pair_accuracy
+from tests.recog_helpers import write_face_set
+
+
+def _image_folder(root, rng, names=("bob", "alice"), per=2):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for k in range(per):
+            arr = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / name / f"{k}.png")
+    return root
+
+
+def test_image_folder_labels_and_masks(tmp_path):
+    rng = np.random.default_rng(0)
+    root = _image_folder(tmp_path / "faces", rng)
+    for p in root.rglob("*.png"):  # a parsing.predict-style mask folder: same relative path
+        target = tmp_path / "masks" / p.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_label_map(target, rng.integers(0, 25, (112, 112)).astype(np.uint8))
+    ds = ImageFolderFaces(root, masks=tmp_path / "masks")
+    assert ds.num_classes == 2 and ds.labels.tolist() == [0, 0, 1, 1]  # alice, bob: sorted
+    s = ds[3]
+    assert s["image"].shape == (3, 112, 112) and s["image"].dtype == torch.uint8
+    assert np.array_equal(s["mask"].numpy(), read_label_map(tmp_path / "masks/bob/1.png"))
+    batch = collate_faces([ds[i] for i in range(4)])
+    assert batch["mask"].shape == (4, 112, 112) and batch["skipped"] == 0
+    write_label_map(tmp_path / "masks/bob/1.png", np.zeros((100, 112), np.uint8))
+    with pytest.raises(DataError, match=r"bob/1.png: mask is \(100, 112\), image is"):
+        ds[3]
+    write_label_map(tmp_path / "masks/bob/1.png", np.full((112, 112), 30, np.uint8))
+    with pytest.raises(DataError, match="outside fse25"):
+        ds[3]
+    (tmp_path / "masks/bob/1.png").unlink()
+    with pytest.raises(DataError, match="1 of 4 images have no mask"):
+        ImageFolderFaces(root, masks=tmp_path / "masks")
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(root / "bob" / "0.png")
+    (root / "alice" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="expected aligned 112x112"):
+        ds[2]
+    lenient = ImageFolderFaces(root, skip_bad=True)
+    assert collate_faces([lenient[i] for i in range(4)])["skipped"] == 2
+
+
+def test_recordio_with_mask_tensor_file(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    write_recordio(tmp_path / "rec", [(torch.from_numpy(a).permute(2, 0, 1), lab)
+                                       for a, lab in zip(images, [0, 1, 1], strict=True)])
+    masks = torch.randint(0, 25, (3, 112, 112), dtype=torch.uint8)
+    torch.save(masks, tmp_path / "masks.pt")
+    ds = open_dataset(tmp_path / "rec", masks=tmp_path / "masks.pt")
+    assert torch.equal(ds[2]["mask"], masks[2]) and ds[2]["label"] == 1
+    torch.save(masks[:2], tmp_path / "short.pt")
+    with pytest.raises(DataError, match="2 masks for 3 images"):
+        open_dataset(tmp_path / "rec", masks=tmp_path / "short.pt")
+
+
+def test_synth_set_labels_and_own_masks(tmp_path):
+    root = write_face_set(tmp_path / "s", identities=3, per_identity=2)
+    ds = open_dataset(root, masks="labels")
+    assert isinstance(ds, SynthFaceSet)
+    assert ds.identities == [100, 101, 102] and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(ds[5]["mask"].numpy(),
+                          read_label_map(root / "labels_25" / "000005_seg.png"))
+    assert "mask" not in open_dataset(root)[0]
+    (root / "identities.csv").write_text("frame,who\n1,2\n")
+    with pytest.raises(DataError, match="expected columns frame_id,identity"):
+        SynthFaceSet(root)
+
+
+def test_pair_accuracy_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    same = torch.rand(200, generator=g) < 0.5
+    scores = torch.where(same, 0.6, 0.3) + 0.25 * torch.randn(200, generator=g)
+    scores = (scores * 20).round() / 20  # ties
+    t = _best_threshold(scores, same)
+    brute = max(((scores >= c) == same).double().mean() for c in [*scores.tolist(), 9.0])
+    assert float(((scores >= t) == same).double().mean()) == pytest.approx(float(brute))
+    acc, std = pair_accuracy(scores, same)
+    assert 0.6 < acc < 0.95 and std > 0
+    assert pair_accuracy(torch.where(same, 1.0, -1.0), same) == (1.0, 0.0)
+
+
+def test_synth_pairs_evaluate(tmp_path):
+    root = write_face_set(tmp_path / "v", identities=4, per_identity=3)
+    pairs = SynthPairs(root)
+    assert len(pairs) == 24 and int(pairs.same.sum()) == 12  # 4 * C(3, 2) genuine pairs
+    labels = SynthFaceSet(root).labels
+    assert torch.equal(labels[pairs.pairs[:, 0]] == labels[pairs.pairs[:, 1]], pairs.same)
+
+    class PatternNet(torch.nn.Module):  # the identity pattern itself is a perfect embedding
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 14).flatten(1) * self.w
+
+    assert pairs.evaluate(PatternNet())["accuracy"] == 1.0
