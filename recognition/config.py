@@ -90,7 +90,20 @@ class TrainConfig:
             self.loss]
 
     def validate(self) -> None:
-        """Raise InputError naming the first bad field."""
+        """Coerce numbers (YAML reads ``5e-4`` as a string) and raise InputError naming the
+        first bad field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise InputError(f"{f.name}: expected a number, got {value!r}") from None
+                if f.type == "int" and not number.is_integer():
+                    raise InputError(f"{f.name}: expected an integer, got {value!r}")
+                setattr(self, f.name, int(number) if f.type == "int" else number)
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise InputError(f"{f.name}: expected true or false, got {value!r}")
         if self.loss not in (*LOSS_MARGINS, "combined"):
             raise InputError(f"loss must be arcface, cosface or combined, got {self.loss!r}")
         if self.margin_list is not None:

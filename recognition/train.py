@@ -26,7 +26,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,10 @@ class Trainer:
         kwargs = {"num_features": cfg.embedding_size, **cfg.network_kwargs}
         if self.amp:
             kwargs.update(fp16=True, amp_dtype=amp_dtype)
-        self.backbone = create_backbone(cfg.network, **kwargs).to(self.device)
+        try:
+            self.backbone = create_backbone(cfg.network, **kwargs).to(self.device)
+        except TypeError as exc:
+            raise InputError(f"network {cfg.network!r} with {kwargs}: {exc}") from None
         if cfg.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.backbone
@@ -275,7 +278,7 @@ class Trainer:
         return open_dataset(cfg.rec, masks=masks, skip_bad=cfg.skip_bad, size=cfg.image_size,
                             num_classes=cfg.num_classes)
 
-    def _build_parser(self) -> nn.Module:
+    def _build_parser(self) -> Callable[[torch.Tensor], torch.Tensor]:
         try:
             from parsing import Parser
         except ImportError:

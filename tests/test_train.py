@@ -72,6 +72,12 @@ def test_config_uses_insightface_names(tmp_path, caplog):
         load_config(loss="combined")
     assert load_config(loss="combined", margin_list=[1.0, 0.3, 0.2]).margins == (1.0, 0.3, 0.2)
     assert load_config(loss="cosface").margins == (1.0, 0.0, 0.4)
+    cfg_file.write_text("weight_decay: 5e-4\nlr: fast\n")  # YAML 1.1 reads 5e-4 as a string
+    with pytest.raises(InputError, match="lr: expected a number, got 'fast'"):
+        load_config(cfg_file)
+    assert load_config(cfg_file, lr=0.2).weight_decay == 5e-4
+    shipped = load_config(ROOT / "configs" / "ms1mv2_r34_fse.yaml")
+    assert shipped.network == "r34" and shipped.aug == "fserasing" and shipped.fp16
 
 
 def test_poly_schedule_matches_insightface():
