@@ -193,3 +193,20 @@ def test_two_process_gloo_matches_one_process(tmp_path, faces):
         torch.testing.assert_close(b["backbone"][k], v, rtol=1e-4, atol=1e-5, msg=k)
     centres = torch.cat([r["head"]["weight"] for r in b["ranks"]])
     torch.testing.assert_close(centres, a["ranks"][0]["head"]["weight"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fserasing_with_masks_from_a_parser_checkpoint(tmp_path, faces):
+    pytest.importorskip("parsing.inference", reason="parsing.Parser not merged yet")
+    from parsing.models import create_model
+
+    model = create_model("unet_r18", num_classes=25, width=8)  # untrained: any label map will do
+    torch.save({"model": model.state_dict(), "model_name": "unet_r18",
+                "model_kwargs": {"width": 8}, "num_classes": 25, "label_set": "fse25"},
+               tmp_path / "parser.pt")
+    out = tmp_path / "run"
+    assert main(["--data", str(faces), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
+                 "--epochs", "1", "--aug", "fserasing", "--aug-p", "1",
+                 "--masks", f"parser:{tmp_path / 'parser.pt'}", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["global_step"] == 3
+    assert (out / "model.pt").is_file()
