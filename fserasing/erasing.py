@@ -37,6 +37,8 @@ from parsing.labels import LabelSet, get_label_set
 
 __all__ = ["FILL_MODES", "Erasure", "RegionEraser", "erase_batch", "BatchFSErasing"]
 
+_IDS = 256  # per-class lookup tables cover every uint8 id, so ignore ids need no clamping
+
 #: Named fill modes; a number or a per-channel tuple fills with that constant.
 FILL_MODES = ("random", "random_1", "random_mix", "mean", "region_mean", "shuffle", "blur")
 
@@ -51,7 +53,7 @@ class Erasure:
 
     ``selected`` (B, K) bool: classes chosen per image (chosen but absent classes included).
     ``region`` (B, H, W) bool: pixels to fill. ``noise_region`` (B, H, W) bool and ``noise``
-    (flat, ``noise_region.sum() * channels`` values in (b, c, h, w) order): per-pixel N(0, 1)
+    (``noise_region.sum()``, C), one row per pixel in (b, h, w) order: per-pixel N(0, 1)
     values. ``colours`` (B, K, C): one N(0, 1) colour per class. ``shuffle_keys`` (B, H*W):
     random sort keys for ``fill="shuffle"``.
     """
@@ -71,7 +73,7 @@ class Erasure:
         sl = slice(i, i + 1)
         noise = None
         if self.noise is not None:
-            per_image = self.noise_region.flatten(1).sum(1) * self.channels
+            per_image = self.noise_region.flatten(1).sum(1)
             stop = int(per_image[: i + 1].sum())
             noise = self.noise[stop - int(per_image[i]) : stop]
         return Erasure(
@@ -210,7 +212,7 @@ class RegionEraser:
                 f"create it with torch.Generator(device={str(device)!r})")
         membership, weights, explicit = self._tables(device)
         b, k = masks.shape[0], self.label_set.num_classes
-        idx = _class_index(masks, k)
+        idx = masks.long()
         apply = torch.rand(b, generator=generator, device=device) < self.p
         if explicit is not None:
             selected = apply[:, None] & explicit
@@ -222,7 +224,7 @@ class RegionEraser:
                 n = torch.randint(lo, hi + 1, (b,), generator=generator, device=device)
             w = weights.expand(b, -1)
             if self.present_only:
-                present = _present(idx, k)[:, :k]
+                present = _present(idx)[:, :k]
                 w = w * (present.float() @ membership.T.float() > 0)
             # Exponential race (Gumbel-top-k): the n smallest E/w are a weighted draw
             # without replacement, i.e. the same law as torch.multinomial(replacement=False).
@@ -239,8 +241,8 @@ class RegionEraser:
         if fill in ("random", "random_mix"):
             erasure.noise_region = region if fill == "random" else region & _per_pixel(
                 per_pixel, idx)
-            count = int(erasure.noise_region.sum()) * channels
-            erasure.noise = torch.randn(count, generator=generator, device=device)
+            count = int(erasure.noise_region.sum())
+            erasure.noise = torch.randn(count, channels, generator=generator, device=device)
         if fill == "shuffle":
             erasure.shuffle_keys = torch.randint(
                 0, 2**31, (b, idx[0].numel()), generator=generator, device=device)
@@ -288,8 +290,7 @@ class RegionEraser:
     def erased(self, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
         """(B, K) bool: the chosen classes that were present, i.e. whose pixels were filled."""
         k = self.label_set.num_classes
-        idx = _class_index(masks.reshape(erasure.region.shape), k)
-        return erasure.selected & _present(idx, k)[:, :k]
+        return erasure.selected & _present(masks.reshape(erasure.region.shape).long())[:, :k]
 
 
 def erase_batch(
@@ -429,20 +430,19 @@ def _unit_weights(
 # -- vectorised kernels ------------------------------------------------------------------
 
 
-def _class_index(masks: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, H, W) int64 class index; ids outside 0..k-1 (the ignore id) become ``k``."""
-    return masks.long().clamp_(max=k)
+def _widen(per_class: torch.Tensor) -> torch.Tensor:
+    """Pad the last dim of a per-class table from K to 256 entries (ids >= K: ignore ids)."""
+    return F.pad(per_class, (0, _IDS - per_class.shape[-1]))
 
 
 def _per_pixel(per_class: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Look a (B, K) table up at every pixel of a (B, H, W) class index."""
-    table = F.pad(per_class, (0, 1))  # column K: pixels outside the label set
-    return table.gather(1, idx.flatten(1)).view_as(idx)
+    """Look a (B, K) table up at every pixel of a (B, H, W) int64 class index."""
+    return _widen(per_class).gather(1, idx.flatten(1)).view_as(idx)
 
 
-def _present(idx: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, K + 1) bool: which class indices occur in each image."""
-    present = torch.zeros(idx.shape[0], k + 1, dtype=torch.bool, device=idx.device)
+def _present(idx: torch.Tensor) -> torch.Tensor:
+    """(B, 256) bool: which ids occur in each image of a (B, H, W) int64 class index."""
+    present = torch.zeros(idx.shape[0], _IDS, dtype=torch.bool, device=idx.device)
     return present.scatter_(1, idx.flatten(1), True)
 
 
@@ -465,8 +465,12 @@ def _from_image_space(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scatter_noise(images: torch.Tensor, erasure: Erasure) -> torch.Tensor:
-    where = erasure.noise_region[:, None].expand_as(images)
-    return images.masked_scatter(where, _from_normalised(erasure.noise, images.dtype))
+    # Indexing (b, :, pixel) is ~2x faster than masked_scatter on CPU at batch 128.
+    b, c = images.shape[:2]
+    image, pixel = erasure.noise_region.view(b, -1).nonzero(as_tuple=True)
+    out = images.clone(memory_format=torch.contiguous_format)
+    out.view(b, c, -1)[image, :, pixel] = _from_normalised(erasure.noise, images.dtype)
+    return out
 
 
 def _per_class(
@@ -475,30 +479,29 @@ def _per_class(
     """(B, K, C) colours painted at every pixel of its class: (B, C, H, W) of ``dtype``."""
     b, k, c = colours.shape
     convert = _from_normalised if normalised else _from_image_space
-    table = convert(F.pad(colours.transpose(1, 2), (0, 1)), dtype)  # (B, C, K + 1)
-    idx = _class_index(masks, k).flatten(1)[:, None].expand(b, c, -1)
+    table = convert(_widen(colours.transpose(1, 2)), dtype)  # (B, C, 256)
+    idx = masks.flatten(1).long()[:, None].expand(b, c, -1)
     return table.gather(2, idx).view(b, c, *masks.shape[-2:])
 
 
 def _region_means(images: torch.Tensor, masks: torch.Tensor, k: int) -> torch.Tensor:
     """(B, K, C) float32 mean colour of every class region of every image."""
     b, c = images.shape[:2]
-    idx = _class_index(masks, k).flatten(1)
+    idx = masks.flatten(1).long()
     values = _as_float(images).flatten(2)
-    sums = values.new_zeros(b, c, k + 1).scatter_add_(2, idx[:, None].expand(b, c, -1), values)
-    counts = values.new_zeros(b, k + 1).scatter_add_(1, idx, values.new_ones(idx.shape))
+    sums = values.new_zeros(b, c, _IDS).scatter_add_(2, idx[:, None].expand(b, c, -1), values)
+    counts = values.new_zeros(b, _IDS).scatter_add_(1, idx, values.new_ones(idx.shape))
     return (sums / counts.clamp(min=1)[:, None])[..., :k].transpose(1, 2)
 
 
 def _shuffle(images: torch.Tensor, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
     """Permute each erased region's pixels among themselves (one random permutation each)."""
     b, c = images.shape[:2]
-    k = erasure.selected.shape[1]
     region = erasure.region.flatten(1)
     position = torch.arange(region.shape[1], device=images.device).expand_as(region)
-    # Group by class (untouched pixels form group k + 1); inside a group the canonical order
+    # Group by class (untouched pixels form group 256); inside a group the canonical order
     # is by position and the random order by key, so rank j of one maps to rank j of the other.
-    group = torch.where(region, _class_index(masks, k).flatten(1), k + 1) << 32
+    group = torch.where(region, masks.flatten(1).long(), _IDS) << 32
     canonical = (group + position).argsort(dim=1)
     shuffled = (group + torch.where(region, erasure.shuffle_keys, position)).argsort(dim=1)
     flat = images.flatten(2)

@@ -118,7 +118,7 @@ class MaskCallable(MaskSource):
     def load(self, index: int, image_path: Path, root: Path) -> torch.Tensor:
         mask = self.fn(str(image_path))
         if isinstance(mask, PIL.Image.Image):
-            mask = np.asarray(mask)
+            mask = np.array(mask)
         mask = torch.as_tensor(mask)
         return mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
 
@@ -175,7 +175,7 @@ class MaskedImageFolder(datasets.ImageFolder):
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         path, label = self.samples[index]
         path, root = Path(path), Path(self.root)
-        image = tv_tensors.Image(torch.from_numpy(read_image(path)).permute(2, 0, 1))
+        image = tv_tensors.Image(torch.from_numpy(read_image(path).copy()).permute(2, 0, 1))
         where = self.mask_source.describe(index, path, root)
         mask = self.mask_source.load(index, path, root)
         if mask.ndim != 2 or mask.shape != image.shape[-2:]:

@@ -1,0 +1,231 @@
+"""FSErasing speed: batched vs per-sample loops, per-sample vs RandomErasing, share of a step.
+
+Run from the repository root (export the allocator setting of SPEC §8 first):
+
+    python -m benchmarks.bench_fserasing --json runs/bench/fserasing.json
+
+Three comparisons, each measured side by side in this one process, interleaved and repeated
+(the median is reported, the minimum beside it):
+
+1. ``erase_batch`` on a (128, 3, 112, 112) batch vs two per-sample Python loops of the
+   reference algorithm (SPEC §3: per image, choose n classes, fill them with per-pixel N(0, 1)
+   noise): ``reference_loop`` keeps the published code's structure (a one-hot map of every
+   class per image, a full-size noise image per chosen class, ``torch.where``);
+   ``lean_loop`` is the same algorithm written tightly (one ``isin`` per image, noise only for
+   the erased pixels).
+2. ``FSErasing`` per image (the DataLoader-worker path, one thread) vs
+   ``torchvision.transforms.v2.RandomErasing`` per image.
+3. ``erase_batch`` time as a share of one training step (forward, backward, SGD) of the
+   recognition backbone at the same batch: ``recognition.create_backbone("iresnet34")`` when
+   that package provides it, otherwise torchvision's resnet34 as a stand-in (reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from fserasing import FSErasing, erase_batch
+from parsing.labels import FSE25
+
+FACE = torch.tensor(FSE25.groups["face"])
+ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def face_like_masks(b: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, size, size) uint8 FSE-25 maps laid out like an aligned face (sizes matter here)."""
+    lin = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    jitter = torch.rand(b, 3, 1, 1, generator=generator) * 0.2 - 0.1
+    x, y = xx - jitter[:, 0], yy - jitter[:, 1]
+    r = (x**2 + (y * 0.8) ** 2).sqrt() * (1 + jitter[:, 2])
+    m = torch.full((b, size, size), 21, dtype=torch.uint8)  # hair
+    skin = 1 + (x > 0).to(torch.uint8) + 2 * (y > 0.3) + 4 * (y < -0.3)
+    m = torch.where(r < 0.75, skin.to(torch.uint8), m)
+    parts = [
+        ((r < 0.75) & (y < -0.3) & (x.abs() < 0.15), 7),
+        (((x + 0.33) ** 2 + (y + 0.1) ** 2) < 0.04, 8),
+        (((x - 0.33) ** 2 + (y + 0.1) ** 2) < 0.04, 9),
+        (((x + 0.33) ** 2 / 2 + (y + 0.1) ** 2) < 0.006, 11),
+        (((x - 0.33) ** 2 / 2 + (y + 0.1) ** 2) < 0.006, 12),
+        (((x + 0.33).abs() < 0.15) & ((y + 0.28).abs() < 0.03), 13),
+        (((x - 0.33).abs() < 0.15) & ((y + 0.28).abs() < 0.03), 14),
+        ((x.abs() < 0.1) & (y > -0.1) & (y < 0.25), 10),
+        ((x.abs() < 0.25) & ((y - 0.42).abs() < 0.03), 17),
+        ((x.abs() < 0.25) & ((y - 0.38).abs() < 0.03), 18),
+        ((x.abs() < 0.25) & ((y - 0.46).abs() < 0.03), 19),
+        (((x.abs() - 0.8).abs() < 0.07) & (y.abs() < 0.2), 15),
+        ((r > 0.75) & (y > 0.6) & (x.abs() < 0.35), 20),
+        ((r > 0.9) & (y > 0.8), 22),
+        ((r > 1.1) & (y < 0.6), 0),
+    ]
+    for where, cls in parts:
+        m[where] = cls
+    return m
+
+
+def reference_loop(images: torch.Tensor, masks: torch.Tensor, n_erase: tuple[int, int],
+                   num_classes: int = 25) -> torch.Tensor:
+    """SPEC §3 as published: per image a one-hot of every class, full-size noise per class."""
+    out = []
+    weights = torch.zeros(num_classes)
+    weights[FACE] = 1.0
+    c, h, w = images.shape[1:]
+    for img, label in zip(images, masks, strict=True):
+        onehot = torch.zeros(num_classes, h, w, dtype=torch.long)
+        for k in range(num_classes):
+            onehot[k] = torch.where(label == k, 1, 0)
+        onehot = onehot.bool()
+        n = int(torch.randint(n_erase[0], n_erase[1] + 1, (1,)))
+        for k in weights.multinomial(n, replacement=False):
+            noise = torch.empty(c, h, w).normal_()
+            img = torch.where(onehot[k], noise, img)
+        out.append(img)
+    return torch.stack(out)
+
+
+def lean_loop(images: torch.Tensor, masks: torch.Tensor, n_erase: tuple[int, int]) -> torch.Tensor:
+    """The same algorithm per image, written tightly: one ``isin``, noise for erased pixels."""
+    out = images.clone()
+    for img, label in zip(out, masks, strict=True):
+        n = int(torch.randint(n_erase[0], n_erase[1] + 1, (1,)))
+        chosen = FACE[torch.randperm(len(FACE))[:n]]
+        region = torch.isin(label, chosen.to(label.dtype))
+        img[:, region] = torch.randn(img.shape[0], int(region.sum()))
+    return out
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def compare(cases: dict[str, Callable[[], object]], repeats: int,
+            sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
+    """Interleaved timing: one call of each case per round, after one warm-up call each."""
+    for fn in cases.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(timed(fn, sync))
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
+            for name, t in times.items()}
+
+
+def training_step_model(device: torch.device) -> tuple[nn.Module, str]:
+    try:
+        import recognition
+        model = recognition.create_backbone("iresnet34")
+        name = "recognition.create_backbone('iresnet34')"
+    except (ImportError, AttributeError):
+        import torchvision
+        model = torchvision.models.resnet34(num_classes=512)
+        name = "torchvision resnet34 (stand-in: recognition.create_backbone not available)"
+    return model.to(device), name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--n-erase", type=int, nargs=2, default=(1, 3), metavar=("LO", "HI"))
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the batched comparison")
+    parser.add_argument("--per-image", type=int, default=300, help="images for comparison 2")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps (1 warm-up)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-step", action="store_true", help="skip comparison 3")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    n_erase = tuple(args.n_erase)
+    masks = face_like_masks(args.batch, args.size, g)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=g)
+    results: dict[str, object] = {
+        "batch": args.batch, "size": args.size, "n_erase": n_erase, "threads": args.threads,
+        "device": str(device), "torch": torch.__version__, "machine": platform.processor(),
+        "allocator": {k: os.environ.get(k) for k in ALLOCATOR_VARS},
+        "erased_fraction": None,
+    }
+
+    # 1. batched vs per-sample loops (the loops run on the CPU, as in a Dataset)
+    dev_images, dev_masks = images.to(device), masks.to(device)
+    dev_g = torch.Generator(device=device).manual_seed(0)
+    options = {"p": 1.0, "n_erase": n_erase, "fill": "random", "generator": dev_g}
+    erased = erase_batch(dev_images, dev_masks, **options)
+    results["erased_fraction"] = float((erased != dev_images).any(1).float().mean())
+    batched = compare({
+        "reference_loop": lambda: reference_loop(images, masks, n_erase),
+        "lean_loop": lambda: lean_loop(images, masks, n_erase),
+        "erase_batch": lambda: erase_batch(dev_images, dev_masks, **options),
+    }, args.repeats, sync)
+    for name in ("reference_loop", "lean_loop"):
+        batched[f"speedup_vs_{name}"] = (batched[name]["median_s"]
+                                         / batched["erase_batch"]["median_s"])
+    results["batched"] = batched
+
+    # 2. per image, one thread (as in DataLoader workers)
+    torch.set_num_threads(1)
+    pairs = [(tv_tensors.Image(images[i % args.batch]), tv_tensors.Mask(masks[i % args.batch]))
+             for i in range(args.per_image)]
+    fse = FSErasing(p=1.0, n_erase=n_erase, fill="random")
+    rand_erasing = v2.RandomErasing(p=1.0, value=0)
+    per_image = compare({
+        "FSErasing": lambda: [fse(im, m) for im, m in pairs],
+        "RandomErasing": lambda: [rand_erasing(im) for im, _ in pairs],
+    }, 5)
+    for row in per_image.values():
+        row["per_image_us"] = row.pop("median_s") / args.per_image * 1e6
+        row["min_per_image_us"] = row.pop("min_s") / args.per_image * 1e6
+    per_image["ratio_FSErasing_to_RandomErasing"] = (
+        per_image["FSErasing"]["per_image_us"] / per_image["RandomErasing"]["per_image_us"])
+    results["per_image"] = per_image
+    torch.set_num_threads(args.threads)
+
+    # 3. share of one training step
+    if not args.skip_step:
+        model, name = training_step_model(device)
+        head = nn.Linear(512, 1000).to(device)
+        opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
+        labels = torch.randint(1000, (args.batch,), generator=g).to(device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(head(model(dev_images)), labels)
+            loss.backward()
+            opt.step()
+
+        step_times = [timed(step, sync) for _ in range(args.steps + 1)][1:]
+        erase_times = [timed(lambda: erase_batch(dev_images, dev_masks, **options), sync)
+                       for _ in range(args.repeats)]
+        step_s, erase_s = statistics.median(step_times), statistics.median(erase_times)
+        results["training_step"] = {
+            "model": name, "step_s": step_s, "step_times_s": step_times,
+            "erase_batch_s": erase_s, "share_of_step": erase_s / step_s}
+
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

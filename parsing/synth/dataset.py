@@ -1,0 +1,249 @@
+"""Synthetic face data sets: in memory, written to disk in parallel, and read back.
+
+On disk the layout is FaceSynthetics' (SPEC §2.3) with FSE-25 labels::
+
+    DIR/images/{frame_id:06d}.png           RGB face
+    DIR/labels_25/{frame_id:06d}_seg.png    FSE-25 ids, one channel
+    DIR/anno_list.csv                        frame_id,with_25
+    DIR/landmarks.csv                        frame_id,x1,y1,...,x5,y5 (ArcFace order, SPEC §5.1)
+    DIR/identities.csv                       frame_id,identity
+
+Image ``i`` shows identity ``i // images_per_identity`` and depends only on (seed, i), so
+files are byte-identical for any number of worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from tqdm import tqdm
+
+from parsing.errors import DataError, InputError
+from parsing.io import read_image, read_label_map
+from parsing.synth.genes import bound_groups, face_genes
+from parsing.synth.render import Face, render_face
+
+MIN_SIZE = 64
+_CHUNK = 32  # images per worker task
+
+
+def _check(n_identities: int, images_per_identity: int, size: int) -> None:
+    if n_identities < 1:
+        raise InputError(f"--identities must be at least 1, got {n_identities}")
+    if images_per_identity < 1:
+        raise InputError(f"--images-per-identity must be at least 1, got {images_per_identity}")
+    if size < MIN_SIZE:
+        raise InputError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
+
+
+def render_index(seed: int, index: int, images_per_identity: int, size: int = 112,
+                 loose: bool = False, bound: frozenset[str] | None = None) -> Face:
+    """Render image ``index`` of the data set with this seed (identity ``index // m``)."""
+    genes, nuisance = face_genes(seed, index // images_per_identity, index,
+                                 bound_groups(None) if bound is None else bound)
+    return render_face(genes, nuisance, size, loose)
+
+
+def generate(
+    n_identities: int,
+    images_per_identity: int,
+    seed: int,
+    size: int = 112,
+    identity_regions: Iterable[int | str] | None = None,
+    loose: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render a data set in memory.
+
+    Returns images (N, 3, S, S) uint8, label maps (N, S, S) uint8 (FSE-25), landmarks
+    (N, 5, 2) float32 in pixel coordinates, identities (N,) int64, N = n_identities *
+    images_per_identity. ``identity_regions`` (FSE-25 classes or groups, e.g. ``["eyes",
+    "nose"]``) keeps identity only in those regions; everything else varies per image.
+    """
+    _check(n_identities, images_per_identity, size)
+    bound = bound_groups(identity_regions)
+    count = n_identities * images_per_identity
+    faces = [render_index(seed, i, images_per_identity, size, loose, bound) for i in range(count)]
+    images = torch.from_numpy(np.stack([f.image for f in faces])).permute(0, 3, 1, 2)
+    return (
+        images.contiguous(),
+        torch.from_numpy(np.stack([f.label_map for f in faces])),
+        torch.from_numpy(np.stack([f.landmarks for f in faces])),
+        torch.arange(count, dtype=torch.int64) // images_per_identity,
+    )
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    path.write_bytes(data.tobytes())
+
+
+def _write_chunk(job: tuple) -> np.ndarray:
+    out, seed, start, stop, images_per_identity, size, loose, bound = job
+    landmarks = np.empty((stop - start, 5, 2), np.float32)
+    for k, index in enumerate(range(start, stop)):
+        face = render_index(seed, index, images_per_identity, size, loose, bound)
+        _png(out / "images" / f"{index:06d}.png", face.image[..., ::-1])  # OpenCV writes BGR
+        _png(out / "labels_25" / f"{index:06d}_seg.png", face.label_map)
+        landmarks[k] = face.landmarks
+    return landmarks
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # parallelism comes from the processes
+    torch.set_num_threads(1)
+
+
+def _prepare(out: Path) -> None:
+    try:
+        for sub in ("images", "labels_25"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    n_identities: int,
+    images_per_identity: int,
+    seed: int,
+    size: int = 112,
+    identity_regions: Iterable[int | str] | None = None,
+    loose: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Render a data set into ``out`` (layout in the module docstring) with ``workers`` processes.
+
+    ``workers`` defaults to the number of usable cores. Returns ``out`` as a ``Path``.
+    """
+    _check(n_identities, images_per_identity, size)
+    bound = bound_groups(identity_regions)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    out = Path(out)
+    _prepare(out)
+    count = n_identities * images_per_identity
+    jobs = [(out, seed, start, min(start + _CHUNK, count), images_per_identity, size, loose, bound)
+            for start in range(0, count, _CHUNK)]
+    workers = min(workers or len(os.sched_getaffinity(0)), len(jobs))
+    bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
+    if workers == 1:
+        results = _run(map(_write_chunk, jobs), bar)
+    else:
+        with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
+            results = _run(pool.imap(_write_chunk, jobs), bar)
+    bar.close()
+    landmarks = np.concatenate(results).reshape(count, 10)
+    ids = range(count)
+    _write_csv(out / "anno_list.csv", ["frame_id", "with_25"], ([i, "True"] for i in ids))
+    _write_csv(out / "landmarks.csv",
+               ["frame_id", *(f"{a}{k}" for k in range(1, 6) for a in "xy")],
+               ([i, *(f"{v:.4f}" for v in row)] for i, row in zip(ids, landmarks, strict=True)))
+    _write_csv(out / "identities.csv", ["frame_id", "identity"],
+               ([i, i // images_per_identity] for i in ids))
+    return out
+
+
+def _run(chunks: Iterable[np.ndarray], bar: tqdm) -> list[np.ndarray]:
+    results = []
+    for landmarks in chunks:
+        results.append(landmarks)
+        bar.update(len(landmarks))
+    return results
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path, header: Sequence[str]) -> dict[int, list[str]]:
+    """Rows of a CSV keyed by its first column (an integer frame id), checked against header."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (is this a parsing.synth data set?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if not rows or [c.strip() for c in rows[0]] != list(header):
+        raise DataError(f"{path}: expected the header {','.join(header)}")
+    out = {}
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} columns")
+            out[int(row[0])] = row[1:]
+        except ValueError as exc:
+            raise DataError(f"{path}, line {line}: malformed row ({exc})") from None
+    return out
+
+
+class SynthFaces(torch.utils.data.Dataset):
+    """A data set written by ``python -m parsing.synth`` (or :func:`write_dataset`).
+
+    ``ds[i]`` is (image uint8 (3, H, W), FSE-25 label map uint8 (H, W), landmarks float32
+    (5, 2), identity int). A torchvision v2 ``transform`` is called as ``transform(image, mask,
+    keypoints)`` with ``tv_tensors`` Image, Mask and KeyPoints, so geometric transforms move
+    the landmarks too. ``identities`` lists every sample's identity.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such data set folder")
+        self.transform = transform
+        anno = _read_csv(self.root / "anno_list.csv", ["frame_id", "with_25"])
+        self.frame_ids = sorted(i for i, (flag,) in anno.items()
+                                if flag.strip().lower() in ("true", "1"))
+        lm_header = ["frame_id", *(f"{a}{k}" for k in range(1, 6) for a in "xy")]
+        landmarks = _read_csv(self.root / "landmarks.csv", lm_header)
+        ids = _read_csv(self.root / "identities.csv", ["frame_id", "identity"])
+        for name, table in (("landmarks.csv", landmarks), ("identities.csv", ids)):
+            missing = [i for i in self.frame_ids if i not in table]
+            if missing:
+                raise DataError(f"{self.root / name}: no row for frame {missing[0]}")
+        try:
+            self._landmarks = torch.tensor(
+                [[float(v) for v in landmarks[i]] for i in self.frame_ids], dtype=torch.float32
+            ).reshape(-1, 5, 2)
+            self.identities = [int(ids[i][0]) for i in self.frame_ids]
+        except ValueError as exc:
+            raise DataError(f"{self.root}: malformed landmarks or identities ({exc})") from None
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        fid = self.frame_ids[index]
+        image_path = self.root / "images" / f"{fid:06d}.png"
+        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
+        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
+        label_map = torch.from_numpy(read_label_map(label_path))
+        if label_map.shape != image.shape[1:]:
+            raise DataError(f"{label_path}: size {tuple(label_map.shape)} does not match "
+                            f"{image_path} ({tuple(image.shape[1:])})")
+        landmarks = self._landmarks[index]
+        if self.transform is not None:
+            image, label_map, landmarks = self.transform(
+                tv_tensors.Image(image), tv_tensors.Mask(label_map),
+                tv_tensors.KeyPoints(landmarks, canvas_size=tuple(image.shape[1:])))
+            image, label_map, landmarks = (t.as_subclass(torch.Tensor)
+                                           for t in (image, label_map, landmarks))
+        return image, label_map, landmarks, self.identities[index]

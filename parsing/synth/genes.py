@@ -1,0 +1,96 @@
+"""Random parameters of a synthetic face: identity genes per region, nuisance per image.
+
+An identity is a set of *gene groups*, each a vector of uniforms in [0, 1) that the renderer
+turns into shape and colour parameters of the FSE-25 classes the group paints. A face image
+draws every group twice (from its identity's stream and from its own stream) and keeps the
+identity's value only for *bound* groups; everything else, and all nuisance (pose,
+expression, light, camera), varies per image. Streams come from ``SeedSequence(seed,
+spawn_key=...)``, so a face depends only on (seed, identity, index).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from parsing.errors import InputError
+from parsing.labels import FSE25
+
+_SKIN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 20)  # skin tone also colours nose, ears, neck
+
+# group -> (FSE-25 classes the group's genes paint, gene names)
+GENE_GROUPS: dict[str, tuple[tuple[int, ...], str]] = {
+    "skin": (_SKIN, "tone hue texture"),
+    "cheeks": ((1, 2), "width blush mole mole_x mole_y"),
+    "chin": ((3, 4), "jaw length taper stubble mole"),
+    "forehead": ((5, 6, 7), "tint mark mark_x mark_y"),
+    "around_eyes": ((8, 9), "bags hue"),
+    "nose": ((10,), "width bridge length nostrils tip tone"),
+    "eyes": ((11, 12), "width height tilt spacing iris iris_size lash level"),
+    "brows": ((13, 14), "thickness arch length tilt gap colour"),
+    "ears": ((15, 16), "size height out shade"),
+    "mouth": ((17, 18, 19), "width upper lower bow colour tone teeth"),
+    "neck": ((20,), "width shade"),
+    "hair": ((21,), "style colour shade volume hairline recess part fringe curl length texture"),
+    "clothing": ((22,), "colour colour2 pattern neckline height amount"),
+    "glasses": ((23,), "present kind colour size thickness shade"),
+    "headwear": ((24,), "present kind colour pattern height amount"),
+}
+# Accessories and clothing change from photo to photo; the rest is who the person is.
+DEFAULT_BOUND = frozenset(GENE_GROUPS) - {"clothing", "glasses", "headwear"}
+
+_GENE_TYPES = {name: namedtuple(f"{name.title()}Genes", fields)
+               for name, (_, fields) in GENE_GROUPS.items()}
+_NUISANCE_FIELDS = (
+    "rotation scale shift_x shift_y yaw_a yaw_b loose_x loose_y "
+    "expression smile open squint gaze_x gaze_y brow_raise "
+    "light_x light_y light_strength shade gain_r gain_g gain_b saturation brightness contrast "
+    "blur sharpness noise bg_kind bg_hue bg_sat bg_val bg_hue2 bg_amount bg_field "
+    "hair_change hairline_delta volume_delta tex_x tex_y tex_x2 tex_y2"
+)
+Nuisance = namedtuple("Nuisance", _NUISANCE_FIELDS)
+_N_GENES = {name: len(fields.split()) for name, (_, fields) in GENE_GROUPS.items()}
+_N_ALL = sum(_N_GENES.values())
+
+
+def bound_groups(identity_regions: Iterable[int | str] | None) -> frozenset[str]:
+    """Gene groups that stay fixed per identity when only ``identity_regions`` carry identity.
+
+    ``identity_regions`` holds FSE-25 class ids, class names or group names (``"eyes"``,
+    ``"nose"``, ...); ``None`` gives the default (all but clothing and accessories). A group is
+    bound when every class it paints is selected, so identity never leaks into other regions
+    (skin tone, which also colours nose, ears and neck, is bound only if all of those are).
+    """
+    if identity_regions is None:
+        return DEFAULT_BOUND
+    classes = set(FSE25.ids(list(identity_regions)))
+    if not classes or classes == {0}:
+        raise InputError("--identity-regions selects no face region")
+    return frozenset(g for g, (painted, _) in GENE_GROUPS.items() if set(painted) <= classes)
+
+
+def _stream(seed: int, kind: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind, index)))
+
+
+def _split(values: np.ndarray) -> dict[str, Any]:
+    out, start = {}, 0
+    for name, n in _N_GENES.items():
+        out[name] = _GENE_TYPES[name]._make(values[start : start + n].tolist())
+        start += n
+    return out
+
+
+def face_genes(
+    seed: int, identity: int, index: int, bound: frozenset[str] = DEFAULT_BOUND
+) -> tuple[dict[str, NamedTuple], NamedTuple]:
+    """Genes of image ``index`` (of ``identity``) and its nuisance parameters, all in [0, 1)."""
+    own = _stream(seed, 1, index).random(_N_ALL + len(Nuisance._fields))
+    genes = _split(own[:_N_ALL])
+    if bound:
+        person = _split(_stream(seed, 0, identity).random(_N_ALL))
+        genes |= {name: person[name] for name in bound}
+    return genes, Nuisance._make(own[_N_ALL:].tolist())

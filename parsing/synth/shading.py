@@ -1,0 +1,209 @@
+"""Colouring a rendered sub-label map: palette, textures, lighting and camera effects."""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+from parsing.synth.sublabels import MATERIAL_TABLE, MOLE, SKIN_WEIGHT, SUB, SUB_TO_CLASS
+from parsing.synth.textures import TextureBank, texture_bank
+
+_MID = 56.0
+_SKIN_TONES = np.array([(255, 228, 206), (246, 206, 176), (232, 183, 148), (210, 154, 115),
+                        (176, 120, 84), (134, 88, 60), (96, 63, 44)], np.float32)
+_HAIR_COLOURS = np.array([(22, 18, 16), (48, 32, 24), (82, 54, 34), (122, 82, 48),
+                          (176, 136, 84), (226, 196, 132), (150, 64, 32), (150, 146, 142),
+                          (228, 226, 220)], np.float32)
+_IRIS_COLOURS = np.array([(58, 34, 20), (104, 66, 34), (118, 98, 48), (68, 112, 62),
+                          (72, 112, 172), (118, 128, 138)], np.float32)
+_BROW_COLOURS = np.array([(26, 20, 18), (56, 38, 28), (94, 64, 42), (150, 116, 76)], np.float32)
+_LIP_RED = np.array([196.0, 72.0, 88.0], np.float32)
+_LUMA = np.ones((3, 1)) @ np.array([[0.299, 0.587, 0.114]])
+
+
+def _lerp(lo: float, hi: float, t: float) -> float:
+    return lo + (hi - lo) * t
+
+
+def _pick(table: np.ndarray, t: float) -> np.ndarray:
+    return table[min(int(t * len(table)), len(table) - 1)]
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32) * 255
+
+
+_FIXED = np.zeros((256, 3), np.float32)  # colours that do not depend on the person
+_FIXED[[SUB["pupil_r"], SUB["pupil_l"]]] = (14, 12, 12)
+_FIXED[[SUB["glint_r"], SUB["glint_l"]]] = (250, 250, 250)
+_FIXED[[SUB["lash_r"], SUB["lash_l"]]] = (28, 22, 22)
+_FIXED[17] = (92, 26, 32)
+_FRAMES = np.array([(20, 20, 22), (70, 45, 30), (170, 170, 175), (150, 30, 40), (40, 60, 130)],
+                   np.float32)
+# sub-labels coloured as the skin tone times a per-image factor, in the order of `factors` below
+_SKIN_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, SUB["nose_side"], SUB["nose_ridge"], SUB["nostril"],
+             15, 16, SUB["ear_inner_r"], SUB["ear_inner_l"], 20, SUB["neck_shadow"],
+             *range(MOLE + 1, MOLE + 10)]
+
+
+def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image colour of every sub-label, (256, 3) float32, and the second background colour."""
+    skin, hair, eye, brow = genes["skin"], genes["hair"], genes["eyes"], genes["brows"]
+    mouth, cloth, glasses, hat = genes["mouth"], genes["clothing"], genes["glasses"], genes["headwear"]
+    pos = skin.tone * (len(_SKIN_TONES) - 1)
+    i = min(int(pos), len(_SKIN_TONES) - 2)
+    warm = _lerp(-7.0, 7.0, skin.hue)
+    tone = _SKIN_TONES[i] + (_SKIN_TONES[i + 1] - _SKIN_TONES[i]) * (pos - i) + (warm, 0.0, -warm)
+
+    # regions of the skin differ subtly: blush, stubble, shine, shadows under the eyes
+    blush = _lerp(0.05, 0.35, genes["cheeks"].blush)
+    cheek = (1 + 0.06 * blush, 1 - 0.14 * blush, 1 - 0.16 * blush)
+    stubble = 0.45 * max(0.0, genes["chin"].stubble - 0.75) / 0.25
+    chin = (0.98 - 0.28 * stubble, 0.98 - 0.28 * stubble, 0.98 - 0.24 * stubble)
+    fore = _lerp(1.0, 1.05, genes["forehead"].tint)
+    bags, violet = _lerp(0.95, 0.86, genes["around_eyes"].bags), 0.5 * genes["around_eyes"].hue
+    around = (bags - 0.1 * violet, bags - 0.15 * violet, bags - 0.05 * violet)
+    pink = genes["nose"].tone
+    nose = np.array([1 + 0.05 * pink, 1 - 0.1 * pink, 1 - 0.12 * pink])
+    ear = np.array([1.0, 0.95, 0.94])
+    inner_ear = _lerp(0.65, 0.8, genes["ears"].shade)
+    neck = _lerp(0.92, 0.84, genes["neck"].shade)
+    factors = np.array([
+        cheek, cheek, chin, chin, (fore,) * 3, (fore,) * 3, (fore * 1.02,) * 3, around, around,
+        nose, nose * 0.84, nose * 1.08, nose * 0.3, ear, ear, ear * inner_ear, ear * inner_ear,
+        (neck,) * 3, (neck * 0.72,) * 3, *[(0.47, 0.42, 0.4)] * 9], np.float32)
+    rgb = _FIXED.copy()
+    rgb[_SKIN_IDS] = factors * tone
+
+    rgb[0] = _hsv(n.bg_hue, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.25, 0.95, n.bg_val))
+    rgb[[11, 12]] = (_lerp(205.0, 245.0, eye.lash),) * 3
+    rgb[[SUB["iris_r"], SUB["iris_l"]]] = _pick(_IRIS_COLOURS, eye.iris)
+    rgb[[13, 14]] = _pick(_BROW_COLOURS, brow.colour)
+    red = _lerp(0.25, 0.75, mouth.colour)
+    lips = tone * (_lerp(0.95, 0.7, mouth.tone) * (1 - red)) + _LIP_RED * red
+    rgb[18], rgb[19] = lips, lips * 1.08
+    rgb[SUB["teeth"]] = _lerp(200.0, 240.0, mouth.teeth) * np.array([1.0, 0.98, 0.9])
+    hair_rgb = _pick(_HAIR_COLOURS, hair.colour) * _lerp(0.85, 1.15, hair.shade)
+    rgb[21], rgb[SUB["hair_back"]] = hair_rgb, hair_rgb * 0.78
+    rgb[22] = _hsv(cloth.colour, _lerp(0.0, 0.8, cloth.colour2), _lerp(0.2, 0.95, cloth.amount))
+    rgb[SUB["collar"]] = rgb[22] * 0.7 if cloth.neckline < 0.7 else 235.0
+    rgb[23] = _pick(_FRAMES, glasses.colour)
+    rgb[SUB["lens"]] = _lerp(20.0, 70.0, glasses.shade) * np.array([1.0, 1.05, 1.1])
+    rgb[24] = _hsv(hat.colour, _lerp(0.1, 0.9, hat.pattern), _lerp(0.25, 0.95, hat.amount))
+    rgb[SUB["hat_band"]], rgb[SUB["hat_brim"]] = rgb[24] * 0.6, rgb[24] * 0.85
+    second_bg = _hsv(n.bg_hue2, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.2, 0.95, n.bg_amount))
+    return rgb, second_bg
+
+
+@functools.lru_cache(maxsize=4)
+def _coarse_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output-pixel coordinates of the samples that ``cv2.resize`` stretches by 4 to ``size``."""
+    centres = 4.0 * np.arange((size + 3) // 4, dtype=np.float32) + 1.5
+    return np.meshgrid(centres, centres)
+
+
+def _colour_matrix(n: Any) -> tuple[np.ndarray, float]:
+    """Camera colour: white balance gains, saturation, brightness and contrast as x -> Mx + b."""
+    gains = np.diag([_lerp(0.9, 1.1, n.gain_r), _lerp(0.92, 1.08, n.gain_g),
+                     _lerp(0.9, 1.1, n.gain_b)])
+    sat = _lerp(0.65, 1.25, n.saturation)
+    saturate = sat * np.eye(3) + (1.0 - sat) * _LUMA
+    contrast = _lerp(0.8, 1.2, n.contrast)
+    matrix = contrast * _lerp(0.85, 1.12, n.brightness) * gains @ saturate
+    return matrix.astype(np.float32), 128.0 * (1.0 - contrast)
+
+
+class FaceFrame(NamedTuple):
+    """Where the face is, in canonical coordinates, for shading and hair texture."""
+
+    half_width: float
+    centre_y: float
+    chin_y: float
+    crown: tuple[float, float]  # where hair strands radiate from
+    curly: bool
+
+
+def _smooth_light(size: int, n: Any, matrix: np.ndarray, frame: FaceFrame) -> tuple[np.ndarray, ...]:
+    """Skin shading towards the face's edge and the light gradient, both (S, S) float32.
+
+    Both are smooth, so they are computed on a 4x coarser grid and stretched.
+    """
+    xx, yy = _coarse_grid(size)
+    inv = cv2.invertAffineTransform(matrix)
+    a, height = frame.half_width, frame.chin_y - frame.centre_y
+    u = (inv[0, 0] * xx + inv[0, 1] * yy + (inv[0, 2] - _MID)) / a
+    v = (inv[1, 0] * xx + inv[1, 1] * yy + (inv[1, 2] - frame.centre_y - 6.0)) / height
+    shade = np.clip(u * u + v * v - 0.4, 0.0, 0.8) * _lerp(0.15, 0.4, n.shade)
+    strength = _lerp(0.0, 0.5, n.light_strength) / size
+    light = (1.0 + strength * _lerp(-1.0, 1.0, n.light_x) * (xx - size / 2)
+             + strength * _lerp(-1.0, 1.0, n.light_y) * (yy - size / 2))
+    both = cv2.resize(np.dstack([shade, light]), (size, size), interpolation=cv2.INTER_LINEAR)
+    return both[..., 0], both[..., 1]
+
+
+def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarray,
+               frame: FaceFrame) -> np.ndarray:
+    """Colour a 2x sub-label map and turn it into the (S, S, 3) uint8 photograph.
+
+    The map is coloured through the per-image palette (camera colour already applied: it is
+    linear, so it commutes with the per-pixel gains below) and downsampled with OpenCV's
+    Gaussian pyramid: output pixel i is centred on map pixel 2i, where the label map is
+    sampled. Then come background, hair and fabric textures, skin shading, light, grain, blur.
+    """
+    size = sub.shape[0] // 2
+    sub1 = sub[::2, ::2]  # sub-label at each output pixel centre
+    rgb, second_bg = _palette(genes, n)
+    camera, offset = _colour_matrix(n)
+    rgb = rgb @ camera.T + offset
+    second_bg = second_bg @ camera.T + offset
+    table = np.concatenate([np.clip(rgb, 0, 255).astype(np.uint8), SKIN_WEIGHT[:, None]], axis=1)
+    colour = cv2.pyrDown(table.view(np.uint32).ravel()[sub].view(np.uint8).reshape(*sub.shape, 4))
+    red, green, blue, w_skin = cv2.split(colour)
+    img = np.array((red, green, blue), np.float32)
+    # texture weights (0-255) from the class at each pixel centre, softened by one pixel
+    material = MATERIAL_TABLE[sub1].view(np.uint8).reshape(size, size, 4)
+    w_bg, w_hair, w_fabric, _ = cv2.split(cv2.GaussianBlur(material, (3, 3), 0))
+    bank = texture_bank(size)
+    oy, ox, oy2, ox2 = (v * size for v in (n.tex_y, n.tex_x, n.tex_y2, n.tex_x2))
+    if n.bg_kind < 0.85:
+        fields = bank.smooth if n.bg_kind < 0.55 else bank.patterns
+        field = bank.window(fields[min(int(n.bg_field * len(fields)), len(fields) - 1)], oy, ox)
+        img += (w_bg * field) * ((second_bg - rgb[0]) * (1 / 255))[:, None, None]
+
+    hair, cloth, hat = genes["hair"], genes["clothing"], genes["headwear"]
+    if frame.curly:
+        strands = bank.window(bank.curls[min(int(hair.texture * 3), 2)], oy2, ox2)
+    else:  # strands radiate from the crown: put the field's centre there
+        crown = matrix @ np.array([*frame.crown, 1.0])
+        strands = bank.window(bank.strands[min(int(hair.texture * 3), 2)], size - crown[1],
+                              size - crown[0])
+    gain = 1.0 + w_hair * ((strands - 0.5) * (_lerp(0.5, 0.9, hair.shade) / 255))
+    cloth_pattern = _pattern(bank, cloth.pattern, oy2, ox)
+    hat_pattern = _pattern(bank, hat.pattern, oy, ox2)
+    if cloth_pattern is not None or hat_pattern is not None:
+        zero = np.zeros((size, size), np.float32)
+        fabric = np.where(SUB_TO_CLASS[sub1] == 24, zero if hat_pattern is None else hat_pattern,
+                          zero if cloth_pattern is None else cloth_pattern)
+        gain -= w_fabric * (fabric * (1 / 255))
+    shade, light = _smooth_light(size, n, matrix, frame)
+    blotch = bank.window(bank.smooth[5], oy2, ox2) - 0.5
+    gain += w_skin * ((_lerp(0.04, 0.14, genes["skin"].texture) / 255) * blotch - shade * (1 / 255))
+    gain *= light
+    img *= gain
+    img += _lerp(0.0, 7.0, n.noise) * bank.window(bank.noise, oy, ox2)  # grain
+    out = cv2.merge(list(np.clip(img, 0, 255).astype(np.uint8)))
+    if n.blur < 0.35:
+        out = cv2.GaussianBlur(out, (0, 0), _lerp(0.4, 1.1, n.sharpness))
+    return out
+
+
+def _pattern(bank: TextureBank, gene: float, top: float, left: float) -> np.ndarray | None:
+    """A fabric pattern (darkening in [0, 0.35]) chosen by ``gene``; None for plain fabric."""
+    if gene < 0.35:
+        return None
+    index = min(int((gene - 0.35) / 0.65 * len(bank.patterns)), len(bank.patterns) - 1)
+    return bank.window(bank.patterns[index], top, left) * 0.35
