@@ -9,7 +9,6 @@ of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` a
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import os
@@ -27,6 +26,7 @@ from fserasing.masks import MaskFolder, open_mask_source
 from parsing.errors import DataError, InputError, LabelError
 from parsing.io import IMAGE_EXTENSIONS
 from parsing.labels import FSE25
+from parsing.synth import SynthFaces
 from recognition.recordio import RecordIOReader
 
 __all__ = [
@@ -223,7 +223,7 @@ class RecordIOFaces(FaceDataset):
 
 
 class SynthFaceSet(FaceDataset):
-    """The synthetic set of ``python -m parsing.synth`` (images/, labels_25/, identities.csv).
+    """The synthetic set of ``python -m parsing.synth`` (indexed by :class:`SynthFaces`).
 
     Labels are the sorted index of each identity; ``masks="labels"`` uses the set's own
     ``labels_25`` maps, any other mask source is used as given.
@@ -235,26 +235,15 @@ class SynthFaceSet(FaceDataset):
         if isinstance(masks, str) and masks == "labels":
             masks = _SynthLabelMaps(root / "labels_25")
         super().__init__(masks, skip_bad, size)
+        index = SynthFaces(root)
+        if len(index) == 0:
+            raise DataError(f"{root}: no images listed in anno_list.csv")
         self.root = root / "images"
-        table = root / "identities.csv"
-        try:
-            with open(table, newline="") as f:
-                rows = list(csv.DictReader(f))
-            frame_ids = [r["frame_id"] for r in rows]
-            identities = [int(r["identity"]) for r in rows]
-        except FileNotFoundError:
-            raise DataError(f"{table}: no such file (not a parsing.synth folder?)") from None
-        except (KeyError, ValueError, TypeError):
-            raise DataError(f"{table}: expected columns frame_id,identity with integer "
-                            "identities") from None
-        if not rows:
-            raise DataError(f"{table}: no rows")
-        classes = sorted(set(identities))
-        index = {c: i for i, c in enumerate(classes)}
-        self.keys = [f"{int(f):06d}.png" if f.isdigit() else f"{f}.png" for f in frame_ids]
-        self.labels = torch.tensor([index[c] for c in identities], dtype=torch.long)
-        self.identities = classes
-        self.num_classes = len(classes)
+        self.identities = sorted(set(index.identities))
+        to_label = {c: i for i, c in enumerate(self.identities)}
+        self.keys = [f"{fid:06d}.png" for fid in index.frame_ids]
+        self.labels = torch.tensor([to_label[c] for c in index.identities], dtype=torch.long)
+        self.num_classes = len(self.identities)
         self._check_masks()
 
 
@@ -268,14 +257,14 @@ class _SynthLabelMaps(MaskFolder):
 
 def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
                  size: int | None = 112, num_classes: int | None = None) -> FaceDataset:
-    """Pick the reader from the folder: ``train.rec`` -> RecordIO, ``identities.csv`` ->
-    synthetic set, else an ImageFolder of identities."""
+    """Pick the reader from the folder: ``train.rec`` -> RecordIO, ``identities.csv`` and
+    ``anno_list.csv`` -> synthetic set, else an ImageFolder of identities."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such dataset")
     if path.suffix == ".rec" or (path / "train.rec").is_file():
         return RecordIOFaces(path, masks, skip_bad, size, num_classes)
-    if (path / "identities.csv").is_file():
+    if (path / "identities.csv").is_file() and (path / "anno_list.csv").is_file():
         return SynthFaceSet(path, masks, skip_bad, size)
     if masks == "labels":
         raise InputError(f"{path}: masks='labels' needs a parsing.synth folder")

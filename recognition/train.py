@@ -267,7 +267,7 @@ class Trainer:
             masks = None
         if cfg.aug == "fserasing" and masks is None and not (cfg.masks or "").startswith(
                 "parser:"):
-            if not (Path(cfg.rec) / "identities.csv").is_file():
+            if not (Path(cfg.rec) / "anno_list.csv").is_file():
                 raise InputError("--aug fserasing needs --masks (a mask folder, an (N, H, W) "
                                  "tensor file, or parser:CKPT)")
             masks = "labels"

@@ -1,5 +1,5 @@
-"""Helpers for the recognition tests: tiny backbones (registered on import, so a training run
-can use them with ``--import tests.recog_helpers``) and a small face set writer."""
+"""Tiny backbones for the recognition tests, registered on import, so that a training run can
+use them with ``--import tests.recog_helpers``."""
 
 import torch
 from torch import nn
@@ -33,33 +33,3 @@ def tiny_cnn(num_features: int = 512, **kwargs) -> nn.Module:
 def tiny_nobn(num_features: int = 512, **kwargs) -> nn.Module:
     return TinyNet(num_features, batch_norm=False, **kwargs)
 
-
-def write_face_set(root, identities: int, per_identity: int, seed: int = 0, size: int = 112):
-    """A small set in the ``parsing.synth`` layout (images/, labels_25/, identities.csv).
-
-    Each identity is a random 8x8 colour pattern (plus noise per image), so identities are
-    learnable in a few steps; label maps are random 8x8 blocks of FSE-25 ids.
-    """
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels_25").mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cell = size // 8
-    rows = ["frame_id,identity"]
-    for i in range(identities):
-        pattern = rng.integers(0, 256, (8, 8, 3))
-        for k in range(per_identity):
-            n = i * per_identity + k
-            img = np.kron(pattern, np.ones((cell, cell, 1))) + rng.normal(0, 20, (size, size, 3))
-            image = Image.fromarray(img.clip(0, 255).astype(np.uint8))
-            image.save(root / "images" / f"{n:06d}.png")
-            labels = np.kron(rng.integers(0, 25, (8, 8)), np.ones((cell, cell))).astype(np.uint8)
-            Image.fromarray(labels, mode="L").save(root / "labels_25" / f"{n:06d}_seg.png")
-            rows.append(f"{n:06d},{100 + i}")
-    (root / "identities.csv").write_text("\n".join(rows) + "\n")
-    return root

@@ -4,11 +4,11 @@ import torch
 from PIL import Image
 
 from parsing.errors import DataError
-from parsing.io import read_label_map, write_label_map
+from parsing.io import read_image, read_label_map, write_label_map
+from parsing.synth import write_dataset
 from recognition.data import ImageFolderFaces, SynthFaceSet, collate_faces, open_dataset
 from recognition.recordio import write_recordio
 from recognition.validation import SynthPairs, _best_threshold, pair_accuracy
-from tests.recog_helpers import write_face_set
 
 
 def _image_folder(root, rng, names=("bob", "alice"), per=2):
@@ -66,15 +66,17 @@ def test_recordio_with_mask_tensor_file(tmp_path):
 
 
 def test_synth_set_labels_and_own_masks(tmp_path):
-    root = write_face_set(tmp_path / "s", identities=3, per_identity=2)
+    root = write_dataset(tmp_path / "s", 3, 2, seed=0, workers=1, progress=False)
     ds = open_dataset(root, masks="labels")
     assert isinstance(ds, SynthFaceSet)
-    assert ds.identities == [100, 101, 102] and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert ds.identities == [0, 1, 2] and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert np.array_equal(ds[5]["mask"].numpy(),
                           read_label_map(root / "labels_25" / "000005_seg.png"))
+    assert np.array_equal(ds[5]["image"].permute(1, 2, 0).numpy(),
+                          read_image(root / "images" / "000005.png"))
     assert "mask" not in open_dataset(root)[0]
     (root / "identities.csv").write_text("frame,who\n1,2\n")
-    with pytest.raises(DataError, match="expected columns frame_id,identity"):
+    with pytest.raises(DataError, match="identities.csv"):
         SynthFaceSet(root)
 
 
@@ -92,18 +94,20 @@ def test_pair_accuracy_against_brute_force():
 
 
 def test_synth_pairs_evaluate(tmp_path):
-    root = write_face_set(tmp_path / "v", identities=4, per_identity=3)
+    root = write_dataset(tmp_path / "v", 4, 3, seed=1, workers=1, progress=False)
     pairs = SynthPairs(root)
     assert len(pairs) == 24 and int(pairs.same.sum()) == 12  # 4 * C(3, 2) genuine pairs
     labels = SynthFaceSet(root).labels
     assert torch.equal(labels[pairs.pairs[:, 0]] == labels[pairs.pairs[:, 1]], pairs.same)
-
-    class PatternNet(torch.nn.Module):  # the identity pattern itself is a perfect embedding
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, x):
-            return torch.nn.functional.avg_pool2d(x, 14).flatten(1) * self.w
-
-    assert pairs.evaluate(PatternNet())["accuracy"] == 1.0
+    # images that spell out their identity, and a backbone that reads it: a perfect embedding
+    pairs.images = torch.zeros_like(pairs.images)
+    pairs.images[torch.arange(len(labels)), 0, 0, 50 + labels] = 255
+    reader = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, 8))
+    with torch.no_grad():
+        reader[1].weight.zero_()
+        reader[1].bias.zero_()
+        reader[1].weight[torch.arange(4), 50 + torch.arange(4)] = 1.0
+    assert pairs.evaluate(reader)["accuracy"] == 1.0
+    reader[1].weight.data.zero_()
+    reader[1].bias.data.fill_(1.0)  # every face alike: chance level
+    assert pairs.evaluate(reader)["accuracy"] <= 0.6

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from parsing.errors import InputError
+from parsing.synth import write_dataset
 from recognition.backbones import create_backbone
 from recognition.config import load_config
 from recognition.train import EpochSampler, PolyWarmup, init_class_centres, main
-from tests.recog_helpers import write_face_set
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--import", "tests.recog_helpers", "--embedding-size", "16", "--workers", "0",
@@ -23,7 +23,8 @@ TINY = ["--import", "tests.recog_helpers", "--embedding-size", "16", "--workers"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    return write_face_set(tmp_path_factory.mktemp("faces"), identities=6, per_identity=4)
+    return write_dataset(tmp_path_factory.mktemp("faces"), 6, 4, seed=0, workers=1,
+                         progress=False)
 
 
 def _env():
