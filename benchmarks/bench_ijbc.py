@@ -1,0 +1,300 @@
+"""IJB-C-scale 1:1 scoring from image features: straightforward reference vs recognition.ijbc.
+
+Both sides get the same inputs, built in memory at the real IJB-C counts (469,375 images,
+23,124 templates, 15,658,489 pairs of which 19,557 genuine): flip-fused float32 image
+features with an identity structure, template/media ids, faceness scores and the pair list.
+Both compute the insightface N1D1 protocol (keep the feature norm, weight by faceness, mean
+per media, sum per template, L2 normalise, cosine per pair, ROC, TAR at the nearest FAR, AUC).
+
+reference: the algorithm of insightface's eval_ijbc.py in float64 (a Python loop over
+templates, numpy dot products in batches of 100,000 pairs, sklearn.metrics.roc_curve);
+ours: recognition.ijbc (scatter-add aggregation, blocked matrix products, one-sort ROC).
+
+Peak memory: before each side the process gives free heap back to the OS (malloc_trim), the
+kernel's resident high-water mark is reset (/proc/self/clear_refs = 5) and the current RSS
+noted; the side's peak is VmHWM - that RSS (the inputs, ~1.2 GB, are not counted).
+
+Run: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \
+     .venv/bin/python -m benchmarks.bench_ijbc [--scale 1.0] [--seed 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import sklearn.metrics
+import sklearn.preprocessing
+import torch
+
+from recognition.ijbc import pair_scores, template_features, template_rows
+from recognition.roc import FARS, far_key, verification_report
+
+IJBC = {"images": 469_375, "subjects": 3_531, "probes": 19_593, "pairs": 15_658_489,
+        "genuine": 19_557}
+
+
+def synthetic_ijbc(scale: float = 1.0, seed: int = 0, dim: int = 512, shuffle: bool = False
+                   ) -> dict:
+    """An IJB-C-shaped 1:1 protocol with features, built in memory.
+
+    One gallery template per subject and mixed probe templates; each template holds several
+    media (stills and video frames, drawn per image among 1 + Binomial media slots); every
+    probe but 36 is compared with its subject's gallery template, and with a random sample
+    of same-gender non-mated gallery templates (the public protocol samples impostors by
+    gender and skin tone), so that the counts match. The image list is grouped by template
+    and the pair list by gallery template (as the public meta files appear to be; that order
+    is not documented); ``shuffle`` puts both in random order instead.
+    Image feature = subject centre + media offset + image noise (float32), scores then give
+    TARs in the usual range.
+    """
+    rng = np.random.default_rng(seed)
+    n_subjects = max(4, round(IJBC["subjects"] * scale))
+    n_probes = max(4, round(IJBC["probes"] * scale))
+    n_templates = n_subjects + n_probes
+    n_images = max(n_templates, round(IJBC["images"] * scale))
+    n_genuine = n_probes - round(36 * scale)
+    # gallery x probe comparisons: the pair count grows with scale squared
+    n_impostor = round((IJBC["pairs"] - IJBC["genuine"]) * scale * scale)
+
+    template_ids = rng.choice(np.arange(1, 8 * n_templates + 1), n_templates, replace=False)
+    subject_of_template = np.concatenate([np.arange(n_subjects),
+                                          rng.integers(0, n_subjects, n_probes)])
+    gender = rng.integers(0, 2, n_subjects)
+
+    # images per template: 1 + multinomial over log-normal weights (heavy-tailed like IJB-C)
+    weight = rng.lognormal(0.0, 1.0, n_templates)
+    per_template = 1 + rng.multinomial(n_images - n_templates, weight / weight.sum())
+    image_template = np.repeat(np.arange(n_templates), per_template)
+    media_slots = 1 + rng.binomial(per_template - 1, 0.3)
+    media_offset = np.concatenate([[0], np.cumsum(media_slots)[:-1]])
+    image_media = media_offset[image_template] + (
+        rng.random(n_images) * media_slots[image_template]).astype(np.int64)
+    # the image list is grouped by template, and by media within a template
+    image_order = np.argsort(image_media, kind="stable") if not shuffle else \
+        rng.permutation(n_images)
+    image_template, image_media = image_template[image_order], image_media[image_order]
+    n_media = int(media_slots.sum())
+    media_ids = rng.choice(np.arange(1, 4 * n_media + 1), n_media, replace=False)
+
+    faceness = np.where(rng.random(n_images) < 0.02, rng.uniform(0.1, 0.5, n_images),
+                        rng.uniform(0.9, 1.0, n_images)).astype(np.float32)
+
+    # media offsets (pose, lighting, video) live in a 16-d subspace: cheap to hold per media
+    centres = rng.standard_normal((n_subjects, dim), dtype=np.float32)
+    media_basis = rng.standard_normal((16, dim), dtype=np.float32) / 2
+    media_coords = rng.standard_normal((n_media, 16), dtype=np.float32)
+    features = np.empty((n_images, dim), dtype=np.float32)
+    for s in range(0, n_images, 65536):
+        t, m = image_template[s:s + 65536], image_media[s:s + 65536]
+        block = rng.standard_normal((len(t), dim), dtype=np.float32)
+        block *= 2.0
+        block += centres[subject_of_template[t]]
+        block += media_coords[m] @ media_basis
+        features[s:s + 65536] = block
+
+    # pairs: genuine + same-gender non-mated impostors, grouped by gallery template
+    probe_subject = subject_of_template[n_subjects:]
+    per_probe = np.full(n_probes, n_impostor // n_probes)
+    per_probe[rng.choice(n_probes, n_impostor % n_probes, replace=False)] += 1
+    first, second = [], []
+    for g in (0, 1):
+        pool = np.flatnonzero(gender == g)
+        probes = np.flatnonzero(gender[probe_subject] == g)
+        need = per_probe[probes]
+        keys = rng.random((len(probes), len(pool)))
+        keys[pool[None, :] == probe_subject[probes][:, None]] = np.inf  # never the mate
+        chosen = np.argpartition(keys, need.max() - 1, axis=1)[:, :need.max()]
+        take = np.arange(need.max())[None, :] < need[:, None]
+        first.append(pool[chosen[take]])
+        second.append(np.repeat(probes, need) + n_subjects)
+    genuine_probes = rng.choice(n_probes, n_genuine, replace=False)
+    first.append(probe_subject[genuine_probes])
+    second.append(genuine_probes + n_subjects)
+    first, second = np.concatenate(first), np.concatenate(second)
+    labels = np.zeros(len(first), dtype=bool)
+    labels[-n_genuine:] = True
+    order = np.argsort(template_ids[first], kind="stable") if not shuffle else \
+        rng.permutation(len(first))
+    pairs = np.stack([template_ids[first[order]], template_ids[second[order]]], axis=1)
+    return {
+        "features": features,
+        "templates": template_ids[image_template],
+        "medias": media_ids[image_media],
+        "faceness": faceness,
+        "pairs": pairs,
+        "labels": labels[order],
+    }
+
+
+def reference_template_features(features, templates, medias, faceness=None,
+                                use_norm_score=True):
+    """insightface's image2template_feature: a Python loop over templates, float64."""
+    unique_templates = np.unique(templates)
+    template_feats = np.zeros((len(unique_templates), features.shape[1]))
+    for i, template in enumerate(unique_templates):
+        (rows,) = np.where(templates == template)
+        feats = features[rows].astype(np.float64)
+        if not use_norm_score:
+            feats /= np.sqrt(np.sum(feats ** 2, -1, keepdims=True))
+        if faceness is not None:
+            feats *= faceness[rows, None].astype(np.float64)
+        media = medias[rows]
+        media_means = [feats[media == m].mean(0) for m in np.unique(media)]
+        template_feats[i] = np.sum(media_means, axis=0)
+    return unique_templates, sklearn.preprocessing.normalize(template_feats)
+
+
+def reference_scores(unique_templates, template_feats, pairs, batch_size=100_000):
+    """insightface's verification(): numpy dot products in batches of pairs."""
+    row_of = np.zeros(unique_templates.max() + 1, dtype=np.int64)
+    row_of[unique_templates] = np.arange(len(unique_templates))
+    scores = np.zeros(len(pairs))
+    for s in range(0, len(pairs), batch_size):
+        a = template_feats[row_of[pairs[s:s + batch_size, 0]]]
+        b = template_feats[row_of[pairs[s:s + batch_size, 1]]]
+        scores[s:s + batch_size] = np.sum(a * b, -1)
+    return scores
+
+
+def reference_tar_at_far(scores, labels, fars=FARS):
+    """sklearn's ROC, AUC, and the TAR of the ROC point with the nearest FAR (Python min
+    over (|FAR - target|, index) of the flipped curve, as eval_ijbc.py)."""
+    fpr, tpr, _ = sklearn.metrics.roc_curve(labels, scores)
+    roc_auc = sklearn.metrics.auc(fpr, tpr)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    tars = []
+    for far in fars:
+        _, nearest = min(zip(np.abs(fpr - far), range(len(fpr)), strict=True))
+        tars.append(tpr[nearest])
+    return np.asarray(tars), roc_auc
+
+
+def reference_tar_table(features, templates, medias, faceness, pairs, labels,
+                        use_norm_score=True, use_detector_score=True):
+    """The straightforward algorithm (insightface eval_ijbc.py), in float64."""
+    unique_templates, template_feats = reference_template_features(
+        features, templates, medias, faceness if use_detector_score else None, use_norm_score)
+    scores = reference_scores(unique_templates, template_feats, pairs)
+    return (scores, *reference_tar_at_far(scores, labels))
+
+
+def ours_tar_table(features, templates, medias, faceness, pairs, labels,
+                   use_norm_score=True, use_detector_score=True, stages=None, stages_cpu=None):
+    """recognition.ijbc from features to the TAR table (stage times into ``stages``)."""
+    stages = {} if stages is None else stages
+    with timed(stages, "templates", stages_cpu):
+        unique, tfeats = template_features(torch.from_numpy(features), templates, medias,
+                                           faceness if use_detector_score else None,
+                                           use_norm_score=use_norm_score)
+    with timed(stages, "template ids -> rows", stages_cpu):
+        rows = template_rows(unique, pairs, "pairs")
+    with timed(stages, "pair scores", stages_cpu):
+        scores = pair_scores(tfeats, rows[:, 0], rows[:, 1])
+    with timed(stages, "ROC + TAR@FAR + AUC", stages_cpu):
+        report, _, _ = verification_report(scores, labels)
+    tars = np.array([report["tar_at_far"][far_key(f)] for f in FARS])
+    return scores, tars, report["auc"]
+
+
+@contextmanager
+def timed(stages: dict, name: str, cpu: dict | None = None):
+    """Wall seconds into ``stages[name]``; process CPU seconds (all threads) into ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    yield
+    stages[name] = time.perf_counter() - start
+    if cpu is not None:
+        cpu[name] = time.process_time() - start_cpu
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+@contextmanager
+def peak_memory(out: dict, name: str):
+    """Peak resident memory above the current live set while the block runs (MB)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _rss_mb("VmRSS")
+    yield
+    out[name] = _rss_mb("VmHWM") - base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of IJB-C counts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shuffle", action="store_true",
+                        help="images and pairs in random order instead of grouped by template")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    data = synthetic_ijbc(args.scale, args.seed, shuffle=args.shuffle)
+    inputs = (data["features"], data["templates"], data["medias"], data["faceness"],
+              data["pairs"], data["labels"])
+    counts = {"images": len(data["templates"]),
+              "templates": len(np.unique(data["templates"])),
+              "media": len(np.unique(data["medias"])),
+              "pairs": len(data["pairs"]), "genuine": int(data["labels"].sum())}
+    print("synthetic protocol: " + ", ".join(f"{v:,} {k}" for k, v in counts.items())
+          + f" ({'shuffled' if args.shuffle else 'grouped'} order) in "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
+          f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+    memory, wall, cpu, stages, stages_cpu, results = {}, {}, {}, {}, {}, {}
+    with peak_memory(memory, "ours"), timed(wall, "ours", cpu):
+        results["ours"] = ours_tar_table(*inputs, stages=stages, stages_cpu=stages_cpu)
+    for name, seconds in stages.items():
+        print(f"  ours: {name:22s} {seconds:6.2f} s wall {stages_cpu[name]:6.2f} s cpu")
+    if not args.skip_reference:
+        with peak_memory(memory, "reference"), timed(wall, "reference", cpu):
+            results["reference"] = reference_tar_table(*inputs)
+
+    print(f"{'':10s}" + "".join(f"{far_key(f):>8s}" for f in FARS)
+          + "       AUC  wall (s)  cpu (s)  peak MB")
+    for name, (_, tars, roc_auc) in results.items():
+        print(f"{name:10s}" + "".join(f"{t:8.4f}" for t in tars)
+              + f"  {roc_auc:.6f} {wall[name]:9.2f} {cpu[name]:8.2f} {memory[name]:8.0f}")
+    summary = {"counts": counts, "order": "shuffled" if args.shuffle else "grouped",
+               "wall_s": wall, "cpu_s": cpu, "peak_mb": memory, "ours_stages_wall_s": stages,
+               "ours_stages_cpu_s": stages_cpu,
+               "tar_at_far": {far_key(f): float(t)
+                              for f, t in zip(FARS, results["ours"][1], strict=True)},
+               "auc": results["ours"][2]}
+    if not args.skip_reference:
+        ours, ref = results["ours"], results["reference"]
+        summary.update({
+            "speedup_wall": wall["reference"] / wall["ours"],
+            "speedup_cpu": cpu["reference"] / cpu["ours"],
+            "tars_identical": bool(np.array_equal(ref[1], ours[1])),
+            "auc_abs_diff": abs(ref[2] - ours[2]),
+            "max_abs_score_diff": float(np.abs(ref[0] - ours[0]).max()),
+        })
+        print(f"speed-up {summary['speedup_wall']:.1f}x wall, {summary['speedup_cpu']:.1f}x cpu; "
+              f"TARs identical: {summary['tars_identical']}; "
+              f"|AUC diff| {summary['auc_abs_diff']:.1e}; "
+              f"max |score diff| {summary['max_abs_score_diff']:.1e}")
+    summary["load_average_end"] = os.getloadavg()[0]
+    print(f"load average at the end {summary['load_average_end']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
