@@ -113,7 +113,8 @@ class CombinedMarginLoss(nn.Module):
             dirty[rows, cols] = False
             logits = logits.masked_fill(dirty, 0.0)
         target = self.target_logit(logits[rows, cols])
-        return logits.index_put((rows, cols), target) * self.s
+        # One (B, C) copy: the scaled logits, then the targets written into it.
+        return (logits * self.s).index_put_((rows, cols), target * self.s)
 
 
 def _distributed() -> bool:
@@ -200,7 +201,7 @@ class PartialFC(nn.Module):
     reaches each rank's embeddings is ``world_size`` x the exact gradient, so that DDP's
     averaging gives the backbone the exact gradient of the global-batch mean loss.
     Negative sampling draws from the global torch RNG on the weight's device; in eval mode
-    every local centre is used.
+    every local centre is used. Labels are range-checked on every call (one host sync).
 
     Args:
         margin_loss: maps (cosines (N, C), labels (N,) with -1 = elsewhere) to logits, e.g.

@@ -10,6 +10,8 @@ import recognition
 from parsing.errors import InputError
 from recognition.backbones import IResNet, MobileFaceNet, TimmBackbone, register_backbone
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DEPTHS = {
     "iresnet18": (2, 2, 2, 2),
     "iresnet34": (3, 4, 6, 3),
@@ -278,3 +280,18 @@ def test_registry():
         recognition.create_backbone("resnet9000")
     with pytest.raises(ValueError, match="already registered"):
         register_backbone(recognition.backbones.iresnet34)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_fp16_switch_on_cuda_with_channels_last(amp_dtype):
+    reference = recognition.create_backbone("iresnet18").eval().cuda()
+    amp = recognition.create_backbone("iresnet18", fp16=True, amp_dtype=amp_dtype).cuda()
+    amp.load_state_dict(reference.state_dict())
+    amp = amp.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 112, 112, device="cuda")
+    with torch.no_grad():
+        want = reference(x)
+        got = amp(x.contiguous(memory_format=torch.channels_last))
+    assert got.dtype == torch.float32 and got.device == x.device
+    assert nn.functional.cosine_similarity(got, want).min() > 0.99

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from parsing.errors import InputError
 from recognition.losses import CombinedMarginLoss, PartialFC
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MARGINS = {
     "arcface": (1.0, 0.5, 0.0),
     "cosface": (1.0, 0.0, 0.4),
@@ -221,6 +223,7 @@ WORLD, BATCH, DIM, CLASSES = 2, 3, 8, 7
 
 
 def _gloo_worker(rank, init_file, inputs, out_dir):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
@@ -273,3 +276,14 @@ def test_two_process_gloo_matches_one_process(tmp_path):
         assert touched <= set(range(20 * rank, 20 * rank + 20))
         assert set(labels_all.tolist()) <= touched or rank == 1
     assert ranges == [(0, 4), (4, 7)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_partial_fc_on_cuda_matches_cpu():
+    head = PartialFC(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 16, 50)
+    x = torch.randn(8, 16)
+    labels = torch.randint(0, 50, (8,))
+    want = head(x, labels)
+    got = head.cuda()(x.cuda(), labels.cuda())
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)

@@ -11,6 +11,8 @@ from parsing.errors import InputError
 
 def check_input(x: torch.Tensor, size: int, model: str) -> None:
     """Raise a clear error unless ``x`` is a (B, 3, size, size) batch."""
+    if torch.jit.is_tracing():  # ONNX export traces one fixed-size example
+        return
     if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (size, size):
         raise InputError(
             f"{model} expects images of shape (B, 3, {size}, {size}) (aligned {size}x{size} "

@@ -49,8 +49,8 @@ class IBasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return out + shortcut
+        out += x if self.downsample is None else self.downsample(x)  # BN backward keeps no output
+        return out
 
 
 class IResNet(nn.Module):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable
 
 from torch import nn
 
 from parsing.errors import InputError
+from recognition.backbones.checkpoint import load_backbone_weights
+from recognition.backbones.timm_backbone import TimmBackbone
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 # insightface's config names (``config.network = "r50"``) resolve to ours.
@@ -37,12 +40,15 @@ def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(name for name in _BACKBONES if fnmatch.fnmatchcase(name, pattern))
 
 
-def create_backbone(name: str, **kwargs) -> nn.Module:
+def create_backbone(name: str, checkpoint_path: str | os.PathLike | None = None,
+                    **kwargs) -> nn.Module:
     """Build a face-embedding backbone by name.
 
     Args:
         name: a registered name (``list_backbones()``), an insightface alias (``"r50"``) or
             ``"timm:<model>"`` for any timm model with a 512-d embedding head.
+        checkpoint_path: optional weights to load strictly: an insightface ``backbone.pth``
+            or a training checkpoint (see ``backbones.checkpoint.backbone_state_dict``).
         **kwargs: passed to the constructor (e.g. ``num_features``, ``dropout``, ``fp16``).
 
     Returns:
@@ -50,11 +56,13 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
         (B, num_features) raw, unnormalised embeddings.
     """
     if name.startswith(TIMM_PREFIX):
-        from recognition.backbones.timm_backbone import TimmBackbone
-
-        return TimmBackbone(name[len(TIMM_PREFIX):], **kwargs)
-    key = _ALIASES.get(name, name)
-    if key not in _BACKBONES:
-        known = ", ".join(list_backbones())
-        raise InputError(f"unknown backbone {name!r}; known: {known}, or 'timm:<model name>'")
-    return _BACKBONES[key](**kwargs)
+        model = TimmBackbone(name[len(TIMM_PREFIX):], **kwargs)
+    else:
+        key = _ALIASES.get(name, name)
+        if key not in _BACKBONES:
+            known = ", ".join(list_backbones())
+            raise InputError(f"unknown backbone {name!r}; known: {known}, or 'timm:<model name>'")
+        model = _BACKBONES[key](**kwargs)
+    if checkpoint_path is not None:
+        load_backbone_weights(model, checkpoint_path)
+    return model
