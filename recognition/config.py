@@ -59,7 +59,7 @@ class TrainConfig:
     num_workers: int = 2
     frequent: int = 10  #: log every this many steps
     verbose: int = 2000  #: verify every this many steps (and at the end)
-    val_targets: list[str] = field(default_factory=list)  #: .bin files or synth:DIR
+    val_targets: list[str] = field(default_factory=list)  #: .bin paths or synth:DIR
     output: str = "runs/train"
     resume: bool = False
     # -- ours --

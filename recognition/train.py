@@ -48,7 +48,7 @@ from recognition.backbones import create_backbone
 from recognition.config import TrainConfig, load_config
 from recognition.data import FaceDataset, collate_faces, open_dataset
 from recognition.losses import CombinedMarginLoss, PartialFC
-from recognition.validation import SynthPairs
+from recognition.validation import VerificationSet
 
 __all__ = ["PolyWarmup", "Trainer", "main"]
 
@@ -242,7 +242,8 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
         self.generator = torch.Generator(self.device).manual_seed(
             (cfg.seed << 16) + self.rank + 1)
-        self.val_sets = [self._build_val(t) for t in cfg.val_targets] if self.is_main else []
+        self.val_sets = ([VerificationSet.from_target(t) for t in cfg.val_targets]
+                         if self.is_main else [])
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         if resume_from is not None:
@@ -285,12 +286,6 @@ class Trainer:
             raise InputError("--masks parser:CKPT needs parsing.Parser, which this install "
                              "lacks") from None
         return Parser.from_checkpoint(self.cfg.masks.split(":", 1)[1], device=self.device)
-
-    def _build_val(self, target: str) -> SynthPairs:
-        if target.startswith("synth:"):
-            return SynthPairs(target.split(":", 1)[1])
-        raise InputError(f"val target {target!r}: only synth:DIR is supported here "
-                         "(.bin sets: python -m recognition.eval_verification)")
 
     # -- checkpoints -----------------------------------------------------------------------
     def _optimizer_state(self) -> dict[str, Any]:
@@ -548,7 +543,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     a("--save-every-steps", type=int)
     a("--log-every", dest="frequent", type=int)
     a("--val-every", dest="verbose", type=int)
-    a("--val", dest="val_targets", action="append", help="synth:DIR (repeatable)")
+    a("--val", dest="val_targets", action="append",
+      help="verification set: a .bin file (lfw.bin, ...) or synth:DIR (repeatable)")
     a("--deterministic", action="store_true", default=None)
     a("--skip-bad", action="store_true", default=None, help="skip unreadable samples")
     return ap

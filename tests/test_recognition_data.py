@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from parsing.io import read_image, read_label_map, write_label_map
 from parsing.synth import write_dataset
 from recognition.data import ImageFolderFaces, SynthFaceSet, collate_faces, open_dataset
 from recognition.recordio import write_recordio
-from recognition.validation import SynthPairs, _best_threshold, pair_accuracy
+from recognition.validation import VerificationSet
+from recognition.verification import write_bin
 
 
 def _image_folder(root, rng, names=("bob", "alice"), per=2):
@@ -80,34 +83,34 @@ def test_synth_set_labels_and_own_masks(tmp_path):
         SynthFaceSet(root)
 
 
-def test_pair_accuracy_against_brute_force():
-    g = torch.Generator().manual_seed(0)
-    same = torch.rand(200, generator=g) < 0.5
-    scores = torch.where(same, 0.6, 0.3) + 0.25 * torch.randn(200, generator=g)
-    scores = (scores * 20).round() / 20  # ties
-    t = _best_threshold(scores, same)
-    brute = max(((scores >= c) == same).double().mean() for c in [*scores.tolist(), 9.0])
-    assert float(((scores >= t) == same).double().mean()) == pytest.approx(float(brute))
-    acc, std = pair_accuracy(scores, same)
-    assert 0.6 < acc < 0.95 and std > 0
-    assert pair_accuracy(torch.where(same, 1.0, -1.0), same) == (1.0, 0.0)
-
-
-def test_synth_pairs_evaluate(tmp_path):
+def test_verification_sets_from_synth_and_bin(tmp_path):
     root = write_dataset(tmp_path / "v", 4, 3, seed=1, workers=1, progress=False)
-    pairs = SynthPairs(root)
-    assert len(pairs) == 24 and int(pairs.same.sum()) == 12  # 4 * C(3, 2) genuine pairs
+    val = VerificationSet.from_target(f"synth:{root}")
+    assert len(val) == 120 and int(val.issame.sum()) == 60 and val.name == "synth_v"
     labels = SynthFaceSet(root).labels
-    assert torch.equal(labels[pairs.pairs[:, 0]] == labels[pairs.pairs[:, 1]], pairs.same)
+    assert torch.equal(labels[val.first] == labels[val.second], val.issame)
+    assert (val.first != val.second).all()
     # images that spell out their identity, and a backbone that reads it: a perfect embedding
-    pairs.images = torch.zeros_like(pairs.images)
-    pairs.images[torch.arange(len(labels)), 0, 0, 50 + labels] = 255
+    val.images = torch.zeros_like(val.images)
+    val.images[torch.arange(len(labels)), 0, 0, 50 + labels] = 255
     reader = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, 8))
     with torch.no_grad():
         reader[1].weight.zero_()
         reader[1].bias.zero_()
         reader[1].weight[torch.arange(4), 50 + torch.arange(4)] = 1.0
-    assert pairs.evaluate(reader)["accuracy"] == 1.0
+    assert val.evaluate(reader)["accuracy"] == 1.0
     reader[1].weight.data.zero_()
     reader[1].bias.data.fill_(1.0)  # every face alike: chance level
-    assert pairs.evaluate(reader)["accuracy"] <= 0.6
+    assert val.evaluate(reader)["accuracy"] <= 0.6
+    # the same pairs written as a .bin give the same accuracy
+    blobs = []
+    for i in torch.stack([val.first, val.second], 1).flatten().tolist():
+        buf = io.BytesIO()
+        Image.fromarray(val.images[i].permute(1, 2, 0).numpy()).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    write_bin(tmp_path / "pairs.bin", blobs, val.issame.numpy())
+    from_bin = VerificationSet.from_target(str(tmp_path / "pairs.bin"))
+    assert from_bin.name == "pairs" and torch.equal(from_bin.issame, val.issame)
+    with torch.no_grad():
+        reader[1].weight[torch.arange(4), 50 + torch.arange(4)] = 1.0
+    assert from_bin.evaluate(reader) == val.evaluate(reader)
