@@ -14,6 +14,7 @@ from recognition.recordio import (
     RecordIOReader,
     RecordIOWriter,
     encode_frames,
+    main,
     pack,
     pack_image_folder,
     unpack,
@@ -132,6 +133,10 @@ def test_write_recordio_round_trip_and_pack_folder(tmp_path):
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(d / f"{len(list(d.iterdir()))}.png")
     assert pack_image_folder(tmp_path / "folder", tmp_path / "packed") == 3
+    assert main(["--images", str(tmp_path / "folder"), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "train.rec").read_bytes() == (
+        tmp_path / "packed" / "train.rec").read_bytes()
+    assert main(["--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     packed, folder = open_dataset(tmp_path / "packed"), open_dataset(tmp_path / "folder")
     assert packed.labels.tolist() == folder.labels.tolist() == [0, 1, 1]
     for i in range(3):
