@@ -4,7 +4,7 @@ Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask":
 (FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
 device after the loader (:mod:`recognition.augment`), so a run resumes exactly with any number
 of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
-:func:`collate_faces` drops it and counts it.
+:func:`collate_faces` counts it and fills its slot with another sample of the batch.
 """
 
 from __future__ import annotations
@@ -272,8 +272,15 @@ def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = Fa
 
 
 def collate_faces(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """``default_collate`` of the good samples plus ``"skipped"``: how many were dropped."""
+    """``default_collate`` plus ``"skipped"``: how many samples were unreadable (``None``).
+
+    Their slots are filled with copies of readable samples of the same batch, so every batch
+    keeps its size (DDP and PartialFC need the same batch size on every process).
+    """
     good = [s for s in batch if s is not None]
-    out = default_collate(good) if good else {}
+    if not good:
+        raise DataError(f"all {len(batch)} samples of a batch are unreadable")
+    out = default_collate([s if s is not None else good[i % len(good)]
+                           for i, s in enumerate(batch)])
     out["skipped"] = len(batch) - len(good)
     return out

@@ -355,11 +355,8 @@ class Trainer:
                  self.step_in_epoch, self.global_step)
 
     # -- training --------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any]) -> torch.Tensor | None:
+    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One optimisation step on a collated batch; returns the (detached) loss."""
-        if "image" not in batch:  # every sample of this batch was skipped as bad
-            self.scheduler.step()
-            return None
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         masks = batch["mask"].to(self.device, non_blocking=True) if "mask" in batch else None
@@ -418,11 +415,9 @@ class Trainer:
                 n_loss, seen, tic = 0, 0, time.perf_counter()
                 for batch in self.loader:
                     skipped += batch["skipped"]
-                    loss = self.train_step(batch)
-                    if loss is not None:
-                        running += loss
-                        n_loss += 1
-                        seen += batch["label"].shape[0] * self.world_size
+                    running += self.train_step(batch)
+                    n_loss += 1
+                    seen += cfg.batch_size * self.world_size
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(cfg.batch_size * self.world_size)

@@ -174,8 +174,11 @@ def test_malformed_records_name_the_record(tmp_path):
         ds[3]
     skipping = RecordIOFaces(tmp_path, skip_bad=True)
     batch = collate_faces([skipping[i] for i in range(6)])
-    assert batch["skipped"] == 2 and batch["image"].shape == (4, 3, 112, 112)
-    assert batch["label"].tolist() == [0, 0, 2, 2]
+    assert batch["skipped"] == 2 and batch["image"].shape == (6, 3, 112, 112)
+    assert batch["label"].tolist() == [0, 0, 0, 2, 2, 2]  # bad slots 1, 3 <- samples 2, 5
+    assert torch.equal(batch["image"][3], batch["image"][5])
+    with pytest.raises(DataError, match="all 2 samples of a batch are unreadable"):
+        collate_faces([None, None])
     rec.write_bytes(bytes(data[: offsets[5] + 100]))  # truncated file
     with pytest.raises(DataError, match=r"record 7 \(byte \d+\): truncated frame header"):
         RecordIOFaces(tmp_path)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,3 +212,16 @@ def test_fserasing_with_masks_from_a_parser_checkpoint(tmp_path, faces):
                  "--masks", f"parser:{tmp_path / 'parser.pt'}", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["global_step"] == 3
     assert (out / "model.pt").is_file()
+
+
+def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    (data / "images" / "000005.png").write_bytes(b"broken")
+    args = ["--data", str(data), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
+            "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert "000005.png: undecodable image" in capsys.readouterr().err
+    assert main([*args, "--skip-bad"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped"] == 1 and summary["global_step"] == 3
