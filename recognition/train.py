@@ -180,28 +180,57 @@ class Trainer:
         if self.num_classes < self.dataset.num_classes:
             raise InputError(f"num_classes {self.num_classes} < the data's "
                              f"{self.dataset.num_classes} identities")
+        self._build_loader()
+        self._build_model()
+        self._build_optimization()
+        parser = self._build_parser() if (cfg.masks or "").startswith("parser:") else None
+        options = {"fserasing": cfg.fserasing, "random-erasing": cfg.random_erasing,
+                   "cutout": cfg.cutout}.get(cfg.aug, {})
+        self.augment = BatchAugment(cfg.aug, cfg.flip, options, parser).to(self.device)
+        # per-rank randomness (dropout, negative sampling, augmentation) after the shared init
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed((cfg.seed + self.rank) % 2**32)
+        random.seed(cfg.seed + self.rank)
+        self.generator = torch.Generator(self.device).manual_seed(
+            (cfg.seed << 16) + self.rank + 1)
+        self.val_sets = ([VerificationSet.from_target(t) for t in cfg.val_targets]
+                         if self.is_main else [])
+
+        self.writer: SummaryWriter | None = None  # opened by train() on rank 0
+        self.metrics: Any = None
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        if resume_from is not None:
+            self.load_checkpoint(Path(resume_from) / "checkpoint.pt")
+        elif (self.out / "checkpoint.pt").is_file():
+            raise InputError(f"{self.out} already holds a run: continue it with --resume "
+                             f"{self.out}, or give another --out")
+
+    # -- construction helpers ------------------------------------------------------------
+    def _build_loader(self) -> None:
+        cfg = self.cfg
         self.sampler = EpochSampler(self.dataset, self.world_size, self.rank, cfg.seed)
         self.steps_per_epoch = len(self.sampler.inner) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise InputError(f"{cfg.rec}: {len(self.dataset)} images are fewer than one batch of "
                              f"{cfg.batch_size} x {self.world_size} processes")
         self.total_steps = self.steps_per_epoch * cfg.num_epoch
-        workers = cfg.num_workers
         self.loader = DataLoader(
             self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=workers, collate_fn=collate_faces, persistent_workers=workers > 0,
-            pin_memory=self.device.type == "cuda",
+            num_workers=cfg.num_workers, collate_fn=collate_faces,
+            persistent_workers=cfg.num_workers > 0, pin_memory=self.device.type == "cuda",
             # its own generator: creating an iterator must not consume the global RNG
             generator=torch.Generator().manual_seed(cfg.seed))
 
+    def _build_model(self) -> None:
+        """Backbone (DDP-wrapped as ``model`` under torchrun) and the PartialFC head."""
+        cfg = self.cfg
         self.amp = cfg.fp16 and self.device.type == "cuda"
         if cfg.fp16 and not self.amp:
             log.warning("fp16 is for CUDA; training in float32 on %s", self.device)
-        amp_dtype = getattr(torch, cfg.amp_dtype)
         torch.manual_seed(cfg.seed)  # same initial backbone on every rank
         kwargs = {"num_features": cfg.embedding_size, **cfg.network_kwargs}
         if self.amp:
-            kwargs.update(fp16=True, amp_dtype=amp_dtype)
+            kwargs.update(fp16=True, amp_dtype=getattr(torch, cfg.amp_dtype))
         try:
             self.backbone = create_backbone(cfg.network, **kwargs).to(self.device)
         except TypeError as exc:
@@ -219,6 +248,9 @@ class Trainer:
         init_class_centres(self.head, cfg.seed)
         self.head.to(self.device)
 
+    def _build_optimization(self) -> None:
+        """One optimizer over backbone (group 0) and head (group 1), LR schedule, scaler."""
+        cfg = self.cfg
         params = [{"params": self.backbone.parameters()}, {"params": self.head.parameters()}]
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -229,34 +261,9 @@ class Trainer:
         warmup = self.steps_per_epoch * cfg.warmup_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, PolyWarmup(self.total_steps, warmup))
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp and amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp and cfg.amp_dtype == "float16")
 
-        parser = self._build_parser() if (cfg.masks or "").startswith("parser:") else None
-        options = {"fserasing": cfg.fserasing, "random-erasing": cfg.random_erasing,
-                   "cutout": cfg.cutout}.get(cfg.aug, {})
-        self.augment = BatchAugment(cfg.aug, cfg.flip, options, parser).to(self.device)
-        # per-rank randomness (dropout, negative sampling, augmentation) after the shared init
-        torch.manual_seed(cfg.seed + self.rank)
-        np.random.seed((cfg.seed + self.rank) % 2**32)
-        random.seed(cfg.seed + self.rank)
-        self.generator = torch.Generator(self.device).manual_seed(
-            (cfg.seed << 16) + self.rank + 1)
-        self.val_sets = ([VerificationSet.from_target(t) for t in cfg.val_targets]
-                         if self.is_main else [])
-
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        if resume_from is not None:
-            self.load_checkpoint(Path(resume_from) / "checkpoint.pt")
-        self.writer: SummaryWriter | None = None
-        self.metrics: Any = None
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step or None)
-            self.metrics = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in train
-
-    # -- construction helpers ------------------------------------------------------------
     def _build_dataset(self) -> FaceDataset:
         cfg = self.cfg
         if not cfg.rec:
@@ -404,6 +411,11 @@ class Trainer:
         self.head.train()
         last: dict[str, Any] = {}
         skipped = 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step or None)
+            self.metrics = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - closed below
         try:
             while self.epoch < cfg.num_epoch:
                 self.sampler.set_position(self.epoch, self.step_in_epoch * cfg.batch_size)
