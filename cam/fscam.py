@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,14 +30,14 @@ from cam.groupcam import GroupCAM
 from cam.regions import FSCAM, RegionStats, region_attribution
 from cam.rise import RISE
 from cam.targets import SimilarityTarget, Target
+from parsing import Parser
 from parsing.align import align_face
 from parsing.cli import cli_main
 from parsing.errors import InputError
 from parsing.io import IMAGE_EXTENSIONS, read_image, read_label_map
 from parsing.labels import FSE25
+from parsing.landmarks import detect_faces
 from recognition.embedding import load_backbone, network_kwargs_arg, to_model_input
-
-log = logging.getLogger("cam.fscam")
 
 METHODS = ("fscam", "gradcam", "rise", "groupcam")
 GRADIENT_METHODS = ("gradcam", "groupcam")
@@ -70,7 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="FS-CAM: score each region alone (keep) or its removal (remove)")
     align = ap.add_mutually_exclusive_group()
     align.add_argument("--aligned", action="store_true",
-                       help="the images are 112x112 ArcFace crops already")
+                       help="the images are 112x112 ArcFace crops already (default: align "
+                            "with --landmarks, or with MTCNN's five points: `make landmarks`)")
     align.add_argument("--landmarks", help="x1,y1,...,x5,y5: five points of --image (eyes, "
                                            "nose tip, mouth corners; image-left first)")
     ap.add_argument("--reference-landmarks", help="five points of --reference")
@@ -97,17 +97,21 @@ def parse_landmarks(text: str, what: str) -> Tensor:
 
 
 def load_face(path: Path, aligned: bool, landmarks: str | None, what: str) -> Tensor:
-    """An aligned 112x112 face as a uint8 tensor (3, 112, 112)."""
-    face = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)
+    """An aligned 112x112 face as a uint8 tensor (3, 112, 112): as given (``--aligned``),
+    aligned with given five points, or with the five points of the best MTCNN face."""
+    image = read_image(path)
+    face = torch.from_numpy(image.copy()).permute(2, 0, 1)
+    if aligned:
+        if face.shape[1:] != (112, 112):
+            raise InputError(f"{path}: --aligned expects a 112x112 ArcFace crop, got "
+                             f"{face.shape[2]}x{face.shape[1]}; drop --aligned to align it")
+        return face
     if landmarks is not None:
-        face = align_face(face, parse_landmarks(landmarks, what))
-    elif not aligned:
-        raise InputError(f"{path}: not aligned; pass --aligned for 112x112 ArcFace crops or "
-                         f"{what} x1,y1,...,x5,y5 to align it (no face detector is installed)")
-    if face.shape[1:] != (112, 112):
-        raise InputError(f"{path}: expected a 112x112 aligned face, got "
-                         f"{face.shape[2]}x{face.shape[1]}; pass {what} to align it")
-    return face
+        return align_face(face, parse_landmarks(landmarks, what))
+    found = detect_faces(image)  # MissingDependencyError (exit 2) says how to install MTCNN
+    if not len(found.scores):
+        raise InputError(f"{path}: no face found by MTCNN; give {what} x1,y1,...,x5,y5")
+    return align_face(face, found.landmarks5[0])
 
 
 def list_images(args: argparse.Namespace) -> list[Path]:
@@ -120,7 +124,8 @@ def list_images(args: argparse.Namespace) -> list[Path]:
     if not paths:
         raise InputError(f"--images {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     if args.landmarks:
-        raise InputError("--landmarks describes one --image; for a folder use --aligned crops")
+        raise InputError("--landmarks describes one --image; a folder is aligned by MTCNN or "
+                         "given as --aligned crops")
     return paths
 
 
@@ -130,8 +135,6 @@ class LabelSource:
     def __init__(self, args: argparse.Namespace):
         self.args, self.parser = args, None
         if args.parser:
-            from parsing import Parser
-
             self.parser = Parser.from_checkpoint(args.parser, device=args.device)
         elif not args.labels:
             raise InputError("FS-CAM and the region scores need face regions: give --parser CKPT "
@@ -206,7 +209,7 @@ def build_explainers(args: argparse.Namespace, model: nn.Module) -> dict[str, Ex
 def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, Target], str]:
     """Target per method and a sentence saying what is explained."""
     if args.reference:
-        face = load_face(Path(args.reference), args.aligned or bool(args.reference_landmarks),
+        face = load_face(Path(args.reference), args.aligned and not args.reference_landmarks,
                          args.reference_landmarks, "--reference-landmarks")
         with torch.no_grad():
             reference = model(to_model_input(face[None]).to(args.device))[0]

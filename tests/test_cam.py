@@ -586,18 +586,22 @@ def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsy
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
+    from PIL import Image
+
     from parsing.io import atomic_save, write_label_map
 
     tmp, main, common, _ = cli_setup
     face, label = str(tmp / "faces" / "f0.png"), str(tmp / "labels" / "f0.png")
     (tmp / "broken.jpg").write_bytes(b"not an image")
+    Image.new("RGB", (150, 150)).save(tmp / "faces" / "big.png")
     write_label_map(tmp / "hair_only.png", torch.full((112, 112), 21, dtype=torch.uint8))
     atomic_save(tiny(out=16, width=4).state_dict(), tmp / "other.pt")
     cases = [
         (["--image", str(tmp / "broken.jpg"), "--aligned", "--labels", label], "not a readable"),
         (["--image", face, "--aligned", "--labels", str(tmp / "hair_only.png")],
          "no face region found"),
-        (["--image", face, "--labels", label], "not aligned"),
+        (["--image", str(tmp / "faces" / "big.png"), "--aligned", "--labels", label],
+         "--aligned expects a 112x112 ArcFace crop, got 150x150"),
         (["--image", face, "--landmarks", "1,2,3", "--labels", label], "ten comma-separated"),
         (["--image", face, "--aligned"], "give --parser CKPT or --labels"),
         (["--image", face, "--aligned", "--labels", label, "--model", str(tmp / "other.pt")],
@@ -610,3 +614,60 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2, extra
         assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def _tiny_parser_checkpoint(path):
+    from parsing import create_model
+    from parsing.io import atomic_save
+
+    torch.manual_seed(0)
+    model = create_model("unet_r18", num_classes=25, width=8)
+    atomic_save({"model": model.state_dict(), "model_name": "unet_r18",
+                 "model_kwargs": {"width": 8}, "num_classes": 25, "label_set": "fse25"}, path)
+
+
+@pytest.mark.slow
+def test_cli_on_a_packaged_photo_with_landmarks_and_a_parser(cli_setup, capsys):
+    """The astronaut (scikit-image), aligned with the five points of its stored Face Mesh,
+    parsed by a (random, tiny) parser checkpoint."""
+    from PIL import Image
+
+    from parsing.landmarks import landmarks5_from_mesh
+    from parsing.photos import load_photo
+
+    tmp, main, common, _ = cli_setup
+    Image.fromarray(load_photo("astronaut")).save(tmp / "astronaut.png")
+    _tiny_parser_checkpoint(tmp / "parser.pt")
+    mesh = np.load("tests/data/astronaut_facemesh.npy")
+    points = ",".join(f"{v:.2f}" for v in landmarks5_from_mesh(mesh).flatten().tolist())
+    code = main(["--image", str(tmp / "astronaut.png"), "--landmarks", points, "--parser",
+                 str(tmp / "parser.pt"), "--method", "fscam", "--out", str(tmp / "out"), *common])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp / "out" / "astronaut.json").read_text())
+    assert len(record["methods"]["fscam"]["region_score"]) > 5
+
+
+@pytest.mark.slow
+def test_cli_finds_the_face_with_mtcnn(cli_setup, capsys):
+    from PIL import Image
+
+    from parsing.errors import MissingDependencyError
+    from parsing.landmarks import load_mtcnn
+    from parsing.photos import load_photo
+
+    try:
+        load_mtcnn()
+    except MissingDependencyError:
+        pytest.skip("MTCNN (facenet-pytorch) is not installed: make landmarks")
+    tmp, main, common, _ = cli_setup
+    Image.fromarray(load_photo("astronaut")).save(tmp / "astronaut.png")
+    _tiny_parser_checkpoint(tmp / "parser.pt")
+    code = main(["--image", str(tmp / "astronaut.png"), "--parser", str(tmp / "parser.pt"),
+                 "--method", "gradcam", "--out", str(tmp / "out"), *common])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp / "out" / "astronaut.png").exists()
+    blank = np.full((96, 96, 3), 127, np.uint8)
+    Image.fromarray(blank).save(tmp / "blank.png")
+    code = main(["--image", str(tmp / "blank.png"), "--parser", str(tmp / "parser.pt"),
+                 "--out", str(tmp / "out"), *common])
+    assert code == 2 and "no face found by MTCNN" in capsys.readouterr().err
