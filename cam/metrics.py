@@ -12,7 +12,7 @@ from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
 from cam.base import Explainer, check_images
-from cam.regions import _check_label_maps
+from cam.regions import check_label_maps
 from cam.targets import Target, as_target
 from parsing.errors import InputError
 from parsing.labels import LabelSet, get_label_set
@@ -105,7 +105,7 @@ def region_deletion(model: nn.Module, images: Tensor, label_maps: Tensor,
     is the share of pixels removed so far."""
     check_images(images)
     label_set = get_label_set(label_set)
-    labels = _check_label_maps(label_maps, images, label_set)
+    labels = check_label_maps(label_maps, images, label_set)
     batch, num_classes = len(images), label_set.num_classes
     if tuple(region_scores.shape) != (batch, num_classes):
         raise InputError(f"region_scores must be ({batch}, {num_classes}), got "

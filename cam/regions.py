@@ -13,10 +13,12 @@ from cam.targets import Target, as_target
 from parsing.errors import InputError
 from parsing.labels import LabelSet, get_label_set
 
-__all__ = ["FSCAM", "region_attribution", "RegionStats", "paint_regions"]
+__all__ = ["FSCAM", "RegionStats", "check_label_maps", "paint_regions", "region_attribution"]
 
 
-def _check_label_maps(label_maps: Tensor, images_or_maps: Tensor, label_set: LabelSet) -> Tensor:
+def check_label_maps(label_maps: Tensor, images_or_maps: Tensor, label_set: LabelSet) -> Tensor:
+    """Label maps (B, H, W) that fit ``images_or_maps`` and ``label_set``, as int64 on its
+    device; a clear :class:`InputError` otherwise."""
     shape = images_or_maps.shape
     expected = (shape[0], *shape[-2:])
     if not isinstance(label_maps, Tensor) or tuple(label_maps.shape) != expected:
@@ -53,7 +55,7 @@ def region_attribution(maps: Tensor, label_maps: Tensor, label_set: str | LabelS
     if not isinstance(maps, Tensor) or maps.dim() != 3:
         raise InputError(f"maps must be a tensor (B, H, W), got "
                          f"{tuple(maps.shape) if isinstance(maps, Tensor) else type(maps)}")
-    labels = _check_label_maps(label_maps, maps, label_set).flatten(1)
+    labels = check_label_maps(label_maps, maps, label_set).flatten(1)
     batch, num_classes = len(maps), label_set.num_classes
     values = maps.flatten(1).float()
     if reduce == "share":
@@ -116,7 +118,7 @@ class FSCAM(Explainer):
                                  "a parser")
             with torch.no_grad():
                 label_maps = self.parser(x)
-        labels = _check_label_maps(torch.as_tensor(label_maps), x, self.label_set)
+        labels = check_label_maps(torch.as_tensor(label_maps), x, self.label_set)
         return self._regions(x, as_target(targets), labels).to(images.device)
 
     def __call__(self, images: Tensor, targets: Target | int | Sequence,
