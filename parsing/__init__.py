@@ -1,7 +1,10 @@
 """Face parsing: label sets, synthetic faces, parser models and readers."""
 
 from parsing.errors import DataError, InputError, LabelError
+from parsing.inference import Parser
 from parsing.labels import FSE10, FSE25, LabelSet, convert, get_label_set
+from parsing.models import create_model
 
 __all__ = ["DataError", "FSE10", "FSE25", "InputError", "LabelError", "LabelSet", "convert",
            "get_label_set"]
+__all__ += ["Parser", "create_model"]

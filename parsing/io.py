@@ -72,5 +72,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # torch raises several types for truncated/unsafe files
-        reason = f"{type(exc).__name__}: {exc}"
+        first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+        reason = f"{type(exc).__name__}: {first_line.strip()}"
         raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None

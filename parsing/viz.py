@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import torch
-from torchvision.io import write_png
+from PIL import Image
 from torchvision.utils import make_grid
 
 from parsing.errors import InputError
@@ -76,5 +76,5 @@ def contact_sheet(
         strip = legend(label_set, grid.shape[1], present)
         grid = np.concatenate([grid, np.full((4, grid.shape[1], 3), 255, np.uint8), strip])
     if path is not None:
-        write_png(torch.from_numpy(np.ascontiguousarray(grid)).permute(2, 0, 1), os.fspath(path))
+        Image.fromarray(grid).save(path, format="PNG")
     return grid

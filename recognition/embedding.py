@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from parsing.errors import DataError, InputError
+from recognition.backbones import create_backbone
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,6 @@ def load_backbone(checkpoint: str | os.PathLike, network: str | None = None,
     is None, the ``model.json`` that ``recognition.train`` writes beside ``model.pt`` supplies
     the network, its keyword arguments and the embedding size.
     """
-    from recognition import create_backbone
-
     kwargs = dict(network_kwargs or {})
     if network is None:
         info_path = Path(checkpoint).with_name("model.json")

@@ -93,15 +93,16 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, report: dict, label: str, path: P
 
 
 def format_table(name: str, report: dict) -> str:
-    head = "".join(f"{far_key(f):>9s}" for f in FARS)
-    row = "".join(f"{100 * report['tar_at_far'][far_key(f)]:9.2f}" for f in FARS)
-    return (f"{name} 1:1 TAR(%) @ FAR{head}      AUC(%)\n"
-            f"{'':{len(name) + 20}s}{row}  {100 * report['auc']:10.2f}")
+    head = f"{name + ' 1:1  FAR':16s}" + "".join(f"{far_key(f):>8s}" for f in FARS)
+    row = f"{'TAR (%)':16s}" + "".join(f"{100 * report['tar_at_far'][far_key(f)]:8.2f}"
+                                     for f in FARS)
+    return f"{head}   AUC (%)\n{row}  {100 * report['auc']:8.2f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_ijbc",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="IJB directory with meta/ and loose_crop/")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     add_backbone_arguments(p, required=False)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from fserasing import MaskedImageFolder, erase_batch
+from fserasing import FILL_MODES, MaskedImageFolder, erase_batch
 from parsing.cli import cli_main
 from parsing.errors import DataError, InputError
 from parsing.labels import FSE25
@@ -105,7 +105,7 @@ def plot_occlusion(table: dict[str, dict], path: Path, title: str) -> None:
     groups = [g for g in table if g != "none"]
     x = np.arange(len(groups))
     key = far_key(OCCLUSION_FARS[0])
-    fig = Figure(figsize=(max(6.0, 0.6 * len(groups) + 2), 4))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(groups) + 2), 4.8))
     ax = fig.subplots()
     ax.bar(x - 0.2, [100 * table[g]["accuracy"] for g in groups], 0.4, label="accuracy")
     ax.bar(x + 0.2, [100 * table[g]["tar_at_far"][key] for g in groups], 0.4,
@@ -116,14 +116,15 @@ def plot_occlusion(table: dict[str, dict], path: Path, title: str) -> None:
                label=f"TAR @ FAR {key}, nothing erased")
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.set(ylabel="%", ylim=(0, 100), title=title)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_occlusion",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
     p.add_argument("--data", required=True,
                    help="parsing.synth folder, or an ImageFolder of aligned faces with --masks")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=1000, help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help="comma-separated FSE-25 groups or classes, one erased at a time")
-    p.add_argument("--fill", default="random", help="fserasing fill mode (default random)")
+    p.add_argument("--fill", default="random", choices=FILL_MODES,
+                   help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-flip", action="store_true")
@@ -171,14 +173,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for group, e in table.items():
             writer.writerow([group, e["erased_area"], e["accuracy"], e["std"],
                              *[e["tar_at_far"][k] for k in keys], e["auc"]])
-    plot_occlusion(table, out / "occlusion.png",
-                   f"{args.network}: probe regions erased ({args.pairs} pairs)")
-    print(f"{'erased':12s} {'area%':>6s} {'acc%':>13s} " + " ".join(f"TAR@{k:>6s}" for k in keys)
-          + "   AUC%")
+    plot_occlusion(table, out / "occlusion.png", f"{args.network or Path(args.checkpoint).name}"
+                   f": one region group erased in the probe ({args.pairs} pairs)")
+    print(f"{'erased':12s}{'area %':>8s}{'accuracy %':>16s}"
+          + "".join(f"{'TAR@' + k:>12s}" for k in keys) + f"{'AUC %':>8s}")
     for group, e in table.items():
-        print(f"{group:12s} {100 * e['erased_area']:6.1f} {100 * e['accuracy']:6.2f} ± "
-              f"{100 * e['std']:4.2f} " + " ".join(f"{100 * e['tar_at_far'][k]:10.2f}"
-                                                 for k in keys) + f" {100 * e['auc']:6.2f}")
+        accuracy = f"{100 * e['accuracy']:.2f} ± {100 * e['std']:.2f}"
+        print(f"{group:12s}{100 * e['erased_area']:8.1f}{accuracy:>16s}"
+              + "".join(f"{100 * e['tar_at_far'][k]:12.2f}" for k in keys)
+              + f"{100 * e['auc']:8.2f}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def evaluate_bin(model: torch.nn.Module, path: str | Path, batch_size: int = 64,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.eval_verification",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
     p.add_argument("--bin", nargs="+", required=True, metavar="FILE",
                    help="verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")

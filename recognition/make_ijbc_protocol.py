@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from parsing.cli import cli_main
 from parsing.errors import InputError
+from parsing.synth import SynthFaces
 from recognition.ijbc import GALLERY_NAMES, IdentificationProtocol, IJBProtocol, write_meta
 
 
@@ -110,7 +111,8 @@ def write_synthetic_protocol(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.make_ijbc_protocol",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faces", required=True, help="a parsing.synth data set folder")
     p.add_argument("--out", required=True, help="protocol folder (meta/ and loose_crop/)")
     p.add_argument("--name", choices=tuple(GALLERY_NAMES), default="ijbc")
@@ -121,8 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from parsing.synth import SynthFaces
-
     faces = SynthFaces(args.faces)
     samples = [faces[i] for i in tqdm(range(len(faces)), desc="read faces", unit="img")]
     images = torch.stack([s[0] for s in samples])

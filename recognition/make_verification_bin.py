@@ -27,7 +27,8 @@ from recognition.verification import sample_pairs, write_bin
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recognition.make_verification_bin",
-                                description=__doc__.split("\n\n")[0].replace("\n", " "))
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faces", required=True, help="a parsing.synth data set folder")
     p.add_argument("--out", required=True, help="the .bin file to write")
     p.add_argument("--pairs", type=int, default=600, help="pairs (half genuine), default 600")

@@ -6,6 +6,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # -n 2 on 2 cores: two OpenMP threads per worker oversubscribe the machine and spin-wait
+    # (on the loaded 2-core machine a small U-Net train step ran 3-5x slower with 2 threads)
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

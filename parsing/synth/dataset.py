@@ -14,11 +14,12 @@ files are byte-identical for any number of worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from parsing.errors import DataError, InputError
 from parsing.io import read_image, read_label_map
 from parsing.synth.genes import bound_groups, face_genes
 from parsing.synth.render import Face, render_face
+from parsing.synth.textures import texture_bank
 
 MIN_SIZE = 64
-_CHUNK = 32  # images per worker task
+_CHUNK = 32  # most images per worker task
 
 
 def _check(n_identities: int, images_per_identity: int, size: int) -> None:
@@ -72,7 +74,9 @@ def generate(
     _check(n_identities, images_per_identity, size)
     bound = bound_groups(identity_regions)
     count = n_identities * images_per_identity
-    faces = [render_index(seed, i, images_per_identity, size, loose, bound) for i in range(count)]
+    with _serial_opencv():
+        faces = [render_index(seed, i, images_per_identity, size, loose, bound)
+                 for i in range(count)]
     images = torch.from_numpy(np.stack([f.image for f in faces])).permute(0, 3, 1, 2)
     return (
         images.contiguous(),
@@ -100,9 +104,19 @@ def _write_chunk(job: tuple) -> np.ndarray:
     return landmarks
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # parallelism comes from the processes
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def _serial_opencv() -> Iterator[None]:
+    """Keep OpenCV's thread pool out of rendering: faces are small and processes give the
+    parallelism. Forked workers then never use a pool whose threads stayed in the parent
+    (reconfiguring it in the child deadlocks), and they touch no torch (its OpenMP pool has
+    the same problem): they render with numpy and OpenCV only.
+    """
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def _prepare(out: Path) -> None:
@@ -137,15 +151,19 @@ def write_dataset(
     out = Path(out)
     _prepare(out)
     count = n_identities * images_per_identity
-    jobs = [(out, seed, start, min(start + _CHUNK, count), images_per_identity, size, loose, bound)
-            for start in range(0, count, _CHUNK)]
-    workers = min(workers or len(os.sched_getaffinity(0)), len(jobs))
+    workers = workers or len(os.sched_getaffinity(0))
+    chunk = max(1, min(_CHUNK, count // (4 * workers)))  # chunking never changes the files
+    jobs = [(out, seed, start, min(start + chunk, count), images_per_identity, size, loose, bound)
+            for start in range(0, count, chunk)]
+    workers = min(workers, len(jobs))
+    texture_bank(size)  # built once here, shared by forked workers
     bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
-    if workers == 1:
-        results = _run(map(_write_chunk, jobs), bar)
-    else:
-        with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
-            results = _run(pool.imap(_write_chunk, jobs), bar)
+    with _serial_opencv():
+        if workers == 1:
+            results = _run(map(_write_chunk, jobs), bar)
+        else:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                results = _run(pool.imap(_write_chunk, jobs), bar)
     bar.close()
     landmarks = np.concatenate(results).reshape(count, 10)
     ids = range(count)
@@ -201,7 +219,9 @@ class SynthFaces(torch.utils.data.Dataset):
     ``ds[i]`` is (image uint8 (3, H, W), FSE-25 label map uint8 (H, W), landmarks float32
     (5, 2), identity int). A torchvision v2 ``transform`` is called as ``transform(image, mask,
     keypoints)`` with ``tv_tensors`` Image, Mask and KeyPoints, so geometric transforms move
-    the landmarks too. ``identities`` lists every sample's identity.
+    the landmarks too (a horizontal flip also swaps which point is the image-left eye: reorder
+    them if the ArcFace order matters). ``frame_ids`` and ``identities`` list every sample's
+    frame id and identity.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:

@@ -29,15 +29,16 @@ GENE_GROUPS: dict[str, tuple[tuple[int, ...], str]] = {
     "forehead": ((5, 6, 7), "tint mark mark_x mark_y"),
     "around_eyes": ((8, 9), "bags hue"),
     "nose": ((10,), "width bridge length nostrils tip tone"),
-    "eyes": ((11, 12), "width height tilt spacing iris iris_size lash level"),
+    "eyes": ((11, 12), "width height tilt spacing iris iris_size sclera lash level"),
     "brows": ((13, 14), "thickness arch length tilt gap colour"),
     "ears": ((15, 16), "size height out shade"),
     "mouth": ((17, 18, 19), "width upper lower bow colour tone teeth"),
     "neck": ((20,), "width shade"),
-    "hair": ((21,), "style colour shade volume hairline recess part fringe curl length texture"),
-    "clothing": ((22,), "colour colour2 pattern neckline height amount"),
+    "hair": ((21,), "style colour shade volume hairline recess part fringe curl length bob "
+                   "texture strands"),
+    "clothing": ((22,), "hue saturation value pattern neckline depth collar height slope"),
     "glasses": ((23,), "present kind colour size thickness shade"),
-    "headwear": ((24,), "present kind colour pattern height amount"),
+    "headwear": ((24,), "present kind hue saturation value pattern height band brim"),
 }
 # Accessories and clothing change from photo to photo; the rest is who the person is.
 DEFAULT_BOUND = frozenset(GENE_GROUPS) - {"clothing", "glasses", "headwear"}

@@ -26,8 +26,13 @@ TEMPLATE = ARCFACE_TEMPLATE.numpy()
 FAR = 400.0  # "beyond any canvas" in canonical pixels
 _MID = 56.0  # canonical face midline
 _YAW_RADIUS = 52.0  # features sit on a cylinder of this radius for the yaw-like turn
-_T = np.linspace(-1.0, 1.0, 13)
-_T01 = np.linspace(0.0, 1.0, 11)
+_T = np.linspace(-1.0, 1.0, 13)  # across eyes and mouth
+_ENV = 1.0 - _T * _T
+_T01 = np.linspace(0.0, 1.0, 11)  # along a brow
+_LIP_DEPTH = np.concatenate([2.0 + _ENV, 2.0 + _ENV[::-1]])  # the lips' middle sticks out
+# how far the points the skin regions are built from stick out: brow lines, midline, eyes,
+# alae, mouth corners
+_KEY_DEPTH = np.array([2.0] * 22 + [0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
 
 
 class Face(NamedTuple):
@@ -113,7 +118,8 @@ class _Canvas:
 
     def _queue(self, pts: Any, depth: float | np.ndarray | None) -> int:
         self._pts.append(pts if isinstance(pts, np.ndarray) else np.array(pts, np.float64))
-        self._depth.append(math.nan if depth is None else depth)
+        self._depth.append(math.nan if depth is None else
+                           float(depth) if np.ndim(depth) == 0 else np.asarray(depth))
         return len(self._pts) - 1
 
     def fill(self, pts: Any, value: int, depth: float | np.ndarray | None = None) -> None:
@@ -161,7 +167,7 @@ class _Canvas:
             pts[turned] = _yaw(pts[turned], self.yaw, depth[turned])
         m16 = 16.0 * self.matrix  # OpenCV fixed point, shift=4
         fixed = np.rint(pts @ m16[:, :2].T + m16[:, 2]).astype(np.int32)
-        polys = np.split(fixed, ends[:-1])
+        polys = [fixed[e - n : e] for e, n in zip(ends.tolist(), lengths, strict=True)]
         for op in self._ops:
             if op[0] == "fill":
                 cv2.fillPoly(self.sub, [polys[op[1]]], op[2], cv2.LINE_8, 4)
@@ -282,7 +288,7 @@ def _hair_style(hair: Any, n: Any) -> _Hair:
 class _Geometry(NamedTuple):
     """The face frame shared by the drawing steps (canonical coordinates, before the turn)."""
 
-    a: float  # half width of the face
+    half_width: float  # of the face at its widest line
     fy: float  # height of the widest line
     top: float  # top of the skull
     chin_y: float
@@ -303,14 +309,14 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     cheek, chin, eye, nose, mouth = (genes[k] for k in ("cheeks", "chin", "eyes", "nose", "mouth"))
     yaw = 0.25 * (n.yaw_a + n.yaw_b - 1.0)
     smile = open_ = lift = narrow = 0.0
-    squint = _lerp(0.85, 1.08, n.squint)
+    squint = _lerp(0.92, 1.05, n.squint)
     if n.expression > 0.82:  # surprise
         open_, lift = _lerp(3.0, 6.5, n.open), _lerp(1.0, 3.0, n.brow_raise)
         squint, narrow = 1.12, 0.5 * open_
     elif n.expression > 0.35:  # smile, often showing teeth
         smile = _lerp(0.3, 1.0, n.smile)
         open_ = _lerp(1.5, 4.0, n.open) if n.open > 0.4 else 0.0
-        squint *= 1.0 - 0.22 * smile
+        squint *= 1.0 - 0.15 * smile
 
     a = _lerp(36.5, 43.0, cheek.width)
     fy, chin_y = 54.0, _lerp(103.0, 112.0, chin.length)
@@ -321,7 +327,7 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
                         TEMPLATE[2] + (0.0, _lerp(-2.5, 2.5, nose.length)),
                         TEMPLATE[3] + (-widen, -2.5 * smile), TEMPLATE[4] + (widen, -2.5 * smile)])
     geo = _Geometry(
-        a=a, fy=fy, top=top, chin_y=chin_y,
+        half_width=a, fy=fy, top=top, chin_y=chin_y,
         outline=_face_outline(a, top, fy, chin_y, _lerp(2.0, 3.3, chin.jaw),
                               _lerp(0.0, 0.3, chin.taper)),
         anchors=anchors,
@@ -336,11 +342,13 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     if loose:
         scale = _lerp(0.42, 0.75, n.scale) * size / 112
         room = (size - scale * 112) * 0.4
-        target = (size / 2 + _lerp(-room, room, n.loose_x), size / 2 + _lerp(-room, room, n.loose_y))
+        target = (size / 2 + _lerp(-room, room, n.loose_x),
+                  size / 2 + _lerp(-room, room, n.loose_y))
         place = _placement(_lerp(-0.45, 0.45, n.rotation), scale, (56.0, 60.0), target)
     else:
         k = size / 112
-        target = (k * (56.0 + _lerp(-2.5, 2.5, n.shift_x)), k * (56.0 + _lerp(-2.5, 2.5, n.shift_y)))
+        target = (k * (56.0 + _lerp(-2.5, 2.5, n.shift_x)),
+                  k * (56.0 + _lerp(-2.5, 2.5, n.shift_y)))
         place = _placement(_lerp(-0.14, 0.14, n.rotation), _lerp(0.94, 1.06, n.scale) * k,
                            (56.0, 56.0), target)
     align = _similarity(landmarks, TEMPLATE)
@@ -355,7 +363,8 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     _draw_glasses(canvas, genes["glasses"], geo)
     _draw_headwear(canvas, genes["headwear"], geo)
     canvas.flush()
-    frame = FaceFrame(a, fy, chin_y, (_MID + geo.hair.part * 0.5, top + 6.0), geo.hair.curly)
+    frame = FaceFrame(a, fy, chin_y, (_MID + geo.hair.part * 0.5, top + 6.0), geo.hair.curly,
+                      landmarks)
     image = shade_face(canvas.sub, genes, n, matrix, frame)
     label_map = SUB_TO_CLASS[canvas.sub[::2, ::2]]
     return Face(image, label_map, (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32))
@@ -373,10 +382,10 @@ def _neckline(kind: float, depth: float, half: float, y: float) -> np.ndarray:
 def _draw_body(canvas: _Canvas, genes: dict[str, Any], geo: _Geometry) -> None:
     """Hair behind the head, the neck with the jaw's shadow, clothing."""
     hair, neck, cloth, style = genes["hair"], genes["neck"], genes["clothing"], geo.hair
-    a, fy = geo.a, geo.fy
+    a, fy = geo.half_width, geo.fy
     if style.length and not style.bald:
         rx, ry = a + style.volume + 1.0, fy - geo.top + style.volume
-        end = (geo.chin_y - _lerp(2.0, 14.0, hair.shade) if style.length == 1
+        end = (geo.chin_y - _lerp(2.0, 14.0, hair.bob) if style.length == 1
                else _lerp(125.0, 170.0, hair.length))
         flare = 1.5 if style.length == 1 else 5.0
         canvas.fill(np.concatenate([_head_arc(rx, ry, fy, fy, 0.04 * style.curly), [
@@ -384,19 +393,19 @@ def _draw_body(canvas: _Canvas, genes: dict[str, Any], geo: _Geometry) -> None:
             [_MID - rx - flare, end - 6.0]]]), SUB["hair_back"])
     half_neck = a * _lerp(0.48, 0.6, neck.width)
     collar_y = _lerp(99.0, 112.0, cloth.height)
-    neckline = _neckline(cloth.neckline, cloth.pattern, half_neck * 1.05, collar_y)
+    neckline = _neckline(cloth.neckline, cloth.depth, half_neck * 1.05, collar_y)
     canvas.fill(np.concatenate([[[_MID - half_neck, fy], [_MID + half_neck, fy]], neckline[::-1]]),
                 20)
     jaw = geo.outline[20:] + (0.0, _lerp(3.0, 6.0, neck.shade))
     jaw[:, 0] = np.clip(jaw[:, 0], _MID - half_neck, _MID + half_neck)
     canvas.fill(jaw, SUB["neck_shadow"])
     shoulder = a + 24.0
-    drop = collar_y + _lerp(0.12, 0.4, cloth.amount) * (shoulder - half_neck)
+    drop = collar_y + _lerp(0.12, 0.4, cloth.slope) * (shoulder - half_neck)
     canvas.fill(np.concatenate([neckline, [
         [_MID + shoulder, drop], [_MID + shoulder + 22.0, drop + 30.0],
         [_MID + shoulder + 22.0, FAR], [_MID - shoulder - 22.0, FAR],
         [_MID - shoulder - 22.0, drop + 30.0], [_MID - shoulder, drop]]]), 22)
-    canvas.line(neckline, SUB["collar"], _lerp(1.0, 2.5, cloth.colour2))
+    canvas.line(neckline, SUB["collar"], _lerp(1.0, 2.5, cloth.collar))
 
 
 def _draw_ears(canvas: _Canvas, ear: Any, geo: _Geometry) -> None:
@@ -408,7 +417,7 @@ def _draw_ears(canvas: _Canvas, ear: Any, geo: _Geometry) -> None:
     for side, value, inner, show in ((-1, 15, SUB["ear_inner_r"], 1.0 + 2.2 * canvas.yaw),
                                      (1, 16, SUB["ear_inner_l"], 1.0 - 2.2 * canvas.yaw)):
         show = min(max(show, 0.3), 1.6)
-        w, cx = rx * show, _MID + side * (geo.a - 2.5 + out * show)
+        w, cx = rx * show, _MID + side * (geo.half_width - 2.5 + out * show)
         canvas.fill(np.stack([cx + side * w * c * narrow, cy + ry * s], axis=1), value)
         canvas.fill(_ellipse(cx + side * w * 0.3, cy - 1.0, w * 0.42, ry * 0.58, 16), inner)
 
@@ -425,9 +434,9 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     nw = _lerp(7.0, 10.5, nose.width)
 
     # the skin regions follow the turned features: turn the points they are built from at once
-    key = canvas.turn(np.concatenate([line_r, line_l, [
-        [_MID, 0.0], e_r, e_l, [tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5], c_r, c_l]]),
-        np.r_[np.full(22, 2.0), 0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
+    alae = [[tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5]]
+    key = canvas.turn(np.concatenate([line_r, line_l, [[_MID, 0.0], e_r, e_l, *alae, c_r, c_l]]),
+                      _KEY_DEPTH)
     line_r, line_l = key[:11], key[11:22]
     x_mid = key[22, 0]
     centres, alae, corners = key[23:25], key[25:27], key[27:29]
@@ -446,7 +455,8 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
             [centre[0], centre[1] + eh * 0.4 + bag], [x_mid, centre[1] + 7.0], [x_mid, glabella]]]),
             value))
     regions += [
-        (np.concatenate([[[-FAR, -FAR], [line_r[0, 0], -FAR]], line_r, [[-FAR, line_r[-1, 1]]]]), 5),
+        (np.concatenate([[[-FAR, -FAR], [line_r[0, 0], -FAR]], line_r, [[-FAR, line_r[-1, 1]]]]),
+         5),
         (np.concatenate([[[line_l[0, 0], -FAR], [FAR, -FAR], [FAR, line_l[-1, 1]]], line_l[::-1]]),
          6),
         (np.array([[line_r[0, 0], -FAR], [line_l[0, 0], -FAR], line_l[0], [x_mid + 1.5, glabella],
@@ -483,16 +493,15 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.78, tip[1] + 0.8, nw * 0.22, 2.4, 12),
                     SUB["nose_side"], 4.0)
-    canvas.fill([[tip[0] - 0.7, eye_y + 3.0], [tip[0] + 0.7, eye_y + 3.0], [tip[0] + 2.0, tip[1] - 1.0],
-                 [tip[0], tip[1] + 1.0], [tip[0] - 2.0, tip[1] - 1.0]], SUB["nose_ridge"],
-                np.array([4.0, 4.0, 10.0, 10.0, 10.0]))
+    ridge = [[tip[0] - 0.7, eye_y + 3.0], [tip[0] + 0.7, eye_y + 3.0],
+             [tip[0] + 2.0, tip[1] - 1.0], [tip[0], tip[1] + 1.0], [tip[0] - 2.0, tip[1] - 1.0]]
+    canvas.fill(ridge, SUB["nose_ridge"], np.array([4.0, 4.0, 10.0, 10.0, 10.0]))
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.38, bottom - 1.3, _lerp(1.2, 2.2, nose.nostrils),
                              0.9, 12), SUB["nostril"], 6.0)
 
     # mouth: curves across it from the subject's right corner to the left one
-    t = _T
-    env = 1.0 - t * t
+    t, env = _T, _ENV
     mx = c_r[0] + (c_l[0] - c_r[0]) * (t + 1) / 2
     base = c_r[1] + (c_l[1] - c_r[1]) * (t + 1) / 2 + 1.6 * smile * env
     bow = _lerp(0.1, 0.5, mouth.bow) * np.exp(-((t / 0.2) ** 2))
@@ -500,25 +509,25 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     inner_up = base - 0.25 * open_ * env
     inner_low = base + 0.75 * open_ * env**0.8
     lip_bottom = inner_low + _lerp(2.8, 5.5, mouth.lower) * env**0.55
-    depth = np.r_[2.0 + env, 2.0 + env[::-1]]
 
     def band(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
         return np.concatenate([np.stack([mx, upper], 1), np.stack([mx[::-1], lower[::-1]], 1)])
 
     if open_ > 0:
-        canvas.fill(band(inner_up, inner_low), 17, depth)
+        canvas.fill(band(inner_up, inner_low), 17, _LIP_DEPTH)
         tt = np.linspace(-0.8, 0.8, 9)
         teeth_top = np.interp(tt, t, inner_up)
         teeth_bottom = np.minimum(teeth_top + _lerp(1.6, 3.0, mouth.teeth),
                                   np.interp(tt, t, inner_low) - 0.4)
         tx = np.interp(tt, t, mx)
-        canvas.fill(np.concatenate([np.stack([tx, teeth_top], 1),
-                                    np.stack([tx[::-1], teeth_bottom[::-1]], 1)]), SUB["teeth"], 2.5)
-    canvas.fill(band(lip_top, inner_up), 18, depth)
-    canvas.fill(band(inner_low, lip_bottom), 19, depth)
+        teeth = np.concatenate([np.stack([tx, teeth_top], 1),
+                                np.stack([tx[::-1], teeth_bottom[::-1]], 1)])
+        canvas.fill(teeth, SUB["teeth"], 2.5)
+    canvas.fill(band(lip_top, inner_up), 18, _LIP_DEPTH)
+    canvas.fill(band(inner_low, lip_bottom), 19, _LIP_DEPTH)
 
-    gaze = np.array([_lerp(-1.5, 1.5, n.gaze_x), _lerp(-0.3, 1.2, n.gaze_y)])
-    radius = ew * _lerp(0.26, 0.33, eye.iris_size)
+    gaze = np.array([_lerp(-1.0, 1.0, n.gaze_x), _lerp(-0.2, 0.8, n.gaze_y)])
+    radius = ew * _lerp(0.27, 0.36, eye.iris_size)
     for centre, s, sclera, suffix in ((e_r, -1, 11, "r"), (e_l, 1, 12, "l")):
         shape, upper = _eye(centre, ew, eh, tilt, s)
         canvas.fill(shape, sclera, 1.0)
@@ -534,7 +543,7 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
 
 
 def _draw_hair(canvas: _Canvas, geo: _Geometry) -> None:
-    style, a = geo.hair, geo.a
+    style, a = geo.hair, geo.half_width
     eye_y = (geo.anchors[0, 1] + geo.anchors[1, 1]) / 2
     if style.bald:
         for s in (-1, 1):
@@ -574,13 +583,13 @@ def _draw_glasses(canvas: _Canvas, glasses: Any, geo: _Geometry) -> None:
                 width, 5.0)
     starts = canvas.turn([[e_r[0] - rx, e_r[1] - 1.0], [e_l[0] + rx, e_l[1] - 1.0]], 4.0)
     for start, s in zip(starts, (-1, 1), strict=True):  # temples run to the side of the head
-        canvas.line([start, [_MID + s * (geo.a + 1.0), start[1] - 1.0]], 23, width)
+        canvas.line([start, [_MID + s * (geo.half_width + 1.0), start[1] - 1.0]], 23, width)
 
 
 def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
     if hat.present >= 0.25:
         return
-    style, a = geo.hair, geo.a
+    style, a = geo.hair, geo.half_width
     vol = 0.0 if style.bald else style.volume
     rx, ry = a + vol + 2.5, geo.fy - geo.top + vol + 2.5
     rim_y = _lerp(14.0, 30.0, hat.height)
@@ -588,18 +597,19 @@ def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
     if hat.kind >= 0.8:  # a headband over the hair
         y = (style.hairline if style.fringe == 0 else rim_y) + 1.0 + 4.0 * xs * xs
         x = _MID + xs * rx * 0.97
-        canvas.fill(np.concatenate([np.stack([x, y - 2.2], 1), np.stack([x, y + 2.2], 1)[::-1]]), 24)
+        canvas.fill(np.concatenate([np.stack([x, y - 2.2], 1), np.stack([x, y + 2.2], 1)[::-1]]),
+                    24)
         return
     crown = _head_arc(rx, ry, geo.fy, rim_y)
     edge = np.stack([_MID + xs * (crown[-1, 0] - _MID), rim_y + 3.0 * (1 - xs * xs)], 1)
     canvas.fill(np.concatenate([crown, edge]), 24)
-    band = np.concatenate([edge - (0.0, _lerp(3.0, 6.0, hat.amount)), edge[::-1]])
+    band = np.concatenate([edge - (0.0, _lerp(3.0, 6.0, hat.band)), edge[::-1]])
     if hat.kind < 0.3:  # beanie: a folded band
         canvas.fill(band, SUB["hat_band"])
     elif hat.kind < 0.6:  # cap: a brim towards the camera
-        canvas.fill(_ellipse(_MID, rim_y + 2.0, a * 0.9, _lerp(4.0, 7.0, hat.amount), 13, 0.0,
+        canvas.fill(_ellipse(_MID, rim_y + 2.0, a * 0.9, _lerp(4.0, 7.0, hat.brim), 13, 0.0,
                              math.pi), SUB["hat_brim"], 8.0)
     else:  # wide brim
         canvas.fill(band, SUB["hat_band"])
-        canvas.fill(_ellipse(_MID, rim_y + 1.0, rx + _lerp(12.0, 22.0, hat.amount),
-                             _lerp(3.5, 6.0, hat.pattern), 28), SUB["hat_brim"])
+        canvas.fill(_ellipse(_MID, rim_y + 1.0, rx + _lerp(12.0, 22.0, hat.brim),
+                             _lerp(3.5, 6.0, hat.band), 28), SUB["hat_brim"])

@@ -18,8 +18,9 @@ _SKIN_TONES = np.array([(255, 228, 206), (246, 206, 176), (232, 183, 148), (210,
 _HAIR_COLOURS = np.array([(22, 18, 16), (48, 32, 24), (82, 54, 34), (122, 82, 48),
                           (176, 136, 84), (226, 196, 132), (150, 64, 32), (150, 146, 142),
                           (228, 226, 220)], np.float32)
-_IRIS_COLOURS = np.array([(58, 34, 20), (104, 66, 34), (118, 98, 48), (68, 112, 62),
-                          (72, 112, 172), (118, 128, 138)], np.float32)
+_IRIS_COLOURS = np.array([(50, 30, 18), (110, 64, 28), (150, 100, 40), (116, 112, 52),
+                          (58, 128, 72), (56, 112, 196), (118, 140, 162), (132, 172, 222)],
+                         np.float32)
 _BROW_COLOURS = np.array([(26, 20, 18), (56, 38, 28), (94, 64, 42), (150, 116, 76)], np.float32)
 _LIP_RED = np.array([196.0, 72.0, 88.0], np.float32)
 _LUMA = np.ones((3, 1)) @ np.array([[0.299, 0.587, 0.114]])
@@ -52,35 +53,29 @@ _SKIN_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, SUB["nose_side"], SUB["nose_ridge"],
 
 def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-image colour of every sub-label, (256, 3) float32, and the second background colour."""
-    skin, hair, eye, brow = genes["skin"], genes["hair"], genes["eyes"], genes["brows"]
-    mouth, cloth, glasses, hat = genes["mouth"], genes["clothing"], genes["glasses"], genes["headwear"]
+    skin, hair, eye, brow, mouth = (genes[k] for k in ("skin", "hair", "eyes", "brows", "mouth"))
+    cloth, glasses, hat = genes["clothing"], genes["glasses"], genes["headwear"]
     pos = skin.tone * (len(_SKIN_TONES) - 1)
     i = min(int(pos), len(_SKIN_TONES) - 2)
     warm = _lerp(-7.0, 7.0, skin.hue)
     tone = _SKIN_TONES[i] + (_SKIN_TONES[i + 1] - _SKIN_TONES[i]) * (pos - i) + (warm, 0.0, -warm)
 
-    # regions of the skin differ subtly: blush, stubble, shine, shadows under the eyes
-    blush = _lerp(0.05, 0.35, genes["cheeks"].blush)
-    cheek = (1 + 0.06 * blush, 1 - 0.14 * blush, 1 - 0.16 * blush)
-    stubble = 0.45 * max(0.0, genes["chin"].stubble - 0.75) / 0.25
-    chin = (0.98 - 0.28 * stubble, 0.98 - 0.28 * stubble, 0.98 - 0.24 * stubble)
-    fore = _lerp(1.0, 1.05, genes["forehead"].tint)
-    bags, violet = _lerp(0.95, 0.86, genes["around_eyes"].bags), 0.5 * genes["around_eyes"].hue
-    around = (bags - 0.1 * violet, bags - 0.15 * violet, bags - 0.05 * violet)
+    # the skin regions 1-9 share the tone, as in real faces; their differences (blush,
+    # shadows under the eyes, stubble, shine) are smooth fields, see _skin_and_light
     pink = genes["nose"].tone
-    nose = np.array([1 + 0.05 * pink, 1 - 0.1 * pink, 1 - 0.12 * pink])
+    nose = np.array([1 + 0.04 * pink, 1 - 0.06 * pink, 1 - 0.08 * pink])
     ear = np.array([1.0, 0.95, 0.94])
     inner_ear = _lerp(0.65, 0.8, genes["ears"].shade)
     neck = _lerp(0.92, 0.84, genes["neck"].shade)
     factors = np.array([
-        cheek, cheek, chin, chin, (fore,) * 3, (fore,) * 3, (fore * 1.02,) * 3, around, around,
-        nose, nose * 0.84, nose * 1.08, nose * 0.3, ear, ear, ear * inner_ear, ear * inner_ear,
-        (neck,) * 3, (neck * 0.72,) * 3, *[(0.47, 0.42, 0.4)] * 9], np.float32)
+        *[(1.0, 1.0, 1.0)] * 9, nose, nose * 0.84, nose * 1.08, nose * 0.3, ear, ear,
+        ear * inner_ear, ear * inner_ear, (neck,) * 3, (neck * 0.72,) * 3,
+        *[(0.47, 0.42, 0.4)] * 9], np.float32)
     rgb = _FIXED.copy()
     rgb[_SKIN_IDS] = factors * tone
 
     rgb[0] = _hsv(n.bg_hue, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.25, 0.95, n.bg_val))
-    rgb[[11, 12]] = (_lerp(205.0, 245.0, eye.lash),) * 3
+    rgb[[11, 12]] = (_lerp(205.0, 245.0, eye.sclera),) * 3
     rgb[[SUB["iris_r"], SUB["iris_l"]]] = _pick(_IRIS_COLOURS, eye.iris)
     rgb[[13, 14]] = _pick(_BROW_COLOURS, brow.colour)
     red = _lerp(0.25, 0.75, mouth.colour)
@@ -89,11 +84,11 @@ def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     rgb[SUB["teeth"]] = _lerp(200.0, 240.0, mouth.teeth) * np.array([1.0, 0.98, 0.9])
     hair_rgb = _pick(_HAIR_COLOURS, hair.colour) * _lerp(0.85, 1.15, hair.shade)
     rgb[21], rgb[SUB["hair_back"]] = hair_rgb, hair_rgb * 0.78
-    rgb[22] = _hsv(cloth.colour, _lerp(0.0, 0.8, cloth.colour2), _lerp(0.2, 0.95, cloth.amount))
+    rgb[22] = _hsv(cloth.hue, _lerp(0.0, 0.8, cloth.saturation), _lerp(0.2, 0.95, cloth.value))
     rgb[SUB["collar"]] = rgb[22] * 0.7 if cloth.neckline < 0.7 else 235.0
     rgb[23] = _pick(_FRAMES, glasses.colour)
     rgb[SUB["lens"]] = _lerp(20.0, 70.0, glasses.shade) * np.array([1.0, 1.05, 1.1])
-    rgb[24] = _hsv(hat.colour, _lerp(0.1, 0.9, hat.pattern), _lerp(0.25, 0.95, hat.amount))
+    rgb[24] = _hsv(hat.hue, _lerp(0.1, 0.9, hat.saturation), _lerp(0.25, 0.95, hat.value))
     rgb[SUB["hat_band"]], rgb[SUB["hat_brim"]] = rgb[24] * 0.6, rgb[24] * 0.85
     second_bg = _hsv(n.bg_hue2, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.2, 0.95, n.bg_amount))
     return rgb, second_bg
@@ -125,24 +120,48 @@ class FaceFrame(NamedTuple):
     chin_y: float
     crown: tuple[float, float]  # where hair strands radiate from
     curly: bool
+    points: np.ndarray  # the five landmarks (turned), canonical
 
 
-def _smooth_light(size: int, n: Any, matrix: np.ndarray, frame: FaceFrame) -> tuple[np.ndarray, ...]:
-    """Skin shading towards the face's edge and the light gradient, both (S, S) float32.
+def _skin_and_light(size: int, genes: dict[str, Any], n: Any, matrix: np.ndarray,
+                    frame: FaceFrame) -> tuple[np.ndarray, ...]:
+    """Smooth per-image fields, (S, S) float32 each: skin gain offsets for R, G, B and light.
 
-    Both are smooth, so they are computed on a 4x coarser grid and stretched.
+    The skin darkens towards the face's edge and carries the person's blush (cheeks), shadows
+    under the eyes, stubble (chin) and shine (forehead), each a soft blob centred in its
+    region. Everything here is smooth, so it is computed on a 4x coarser grid and stretched.
     """
     xx, yy = _coarse_grid(size)
     inv = cv2.invertAffineTransform(matrix)
-    a, height = frame.half_width, frame.chin_y - frame.centre_y
-    u = (inv[0, 0] * xx + inv[0, 1] * yy + (inv[0, 2] - _MID)) / a
-    v = (inv[1, 0] * xx + inv[1, 1] * yy + (inv[1, 2] - frame.centre_y - 6.0)) / height
+    x = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]  # canonical coordinates
+    y = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+    u = (x - _MID) / frame.half_width
+    v = (y - frame.centre_y - 6.0) / (frame.chin_y - frame.centre_y)
     shade = np.clip(u * u + v * v - 0.4, 0.0, 0.8) * _lerp(0.15, 0.4, n.shade)
+
+    def blob(cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
+        return np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+    (erx, ery), (elx, ely), _, (mrx, mry), (mlx, mly) = frame.points
+    blush = _lerp(0.0, 0.16, genes["cheeks"].blush) * (
+        blob(0.55 * erx + 0.45 * mrx - 3.0, 0.45 * ery + 0.55 * mry, 6.5, 5.5)
+        + blob(0.55 * elx + 0.45 * mlx + 3.0, 0.45 * ely + 0.55 * mly, 6.5, 5.5))
+    around = genes["around_eyes"]
+    bags = _lerp(0.0, 0.14, around.bags) * (blob(erx, ery + 4.5, 6.5, 2.5)
+                                             + blob(elx, ely + 4.5, 6.5, 2.5))
+    stubble = 0.35 * max(0.0, genes["chin"].stubble - 0.7) / 0.3 * (
+        blob((mrx + mlx) / 2, (mry + mly) / 2 + 9.0, 15.0, 8.0)
+        + 0.6 * blob((mrx + mlx) / 2, (mry + mly) / 2 - 4.5, 10.0, 2.5))
+    shine = _lerp(0.0, 0.08, genes["forehead"].tint) * blob((erx + elx) / 2, ery - 24.0, 11.0, 6.0)
+    common = shine - shade - stubble
+    violet = 0.5 * around.hue
     strength = _lerp(0.0, 0.5, n.light_strength) / size
     light = (1.0 + strength * _lerp(-1.0, 1.0, n.light_x) * (xx - size / 2)
              + strength * _lerp(-1.0, 1.0, n.light_y) * (yy - size / 2))
-    both = cv2.resize(np.dstack([shade, light]), (size, size), interpolation=cv2.INTER_LINEAR)
-    return both[..., 0], both[..., 1]
+    fields = np.dstack([common + 0.5 * blush - 0.8 * bags, common - blush - bags,
+                        common - 0.9 * blush - (0.7 - 0.5 * violet) * bags, light])
+    return cv2.split(cv2.resize(fields.astype(np.float32), (size, size),
+                                interpolation=cv2.INTER_LINEAR))
 
 
 def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarray,
@@ -181,7 +200,7 @@ def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarra
         crown = matrix @ np.array([*frame.crown, 1.0])
         strands = bank.window(bank.strands[min(int(hair.texture * 3), 2)], size - crown[1],
                               size - crown[0])
-    gain = 1.0 + w_hair * ((strands - 0.5) * (_lerp(0.5, 0.9, hair.shade) / 255))
+    gain = 1.0 + w_hair * ((strands - 0.5) * (_lerp(0.5, 0.9, hair.strands) / 255))
     cloth_pattern = _pattern(bank, cloth.pattern, oy2, ox)
     hat_pattern = _pattern(bank, hat.pattern, oy, ox2)
     if cloth_pattern is not None or hat_pattern is not None:
@@ -189,11 +208,14 @@ def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarra
         fabric = np.where(SUB_TO_CLASS[sub1] == 24, zero if hat_pattern is None else hat_pattern,
                           zero if cloth_pattern is None else cloth_pattern)
         gain -= w_fabric * (fabric * (1 / 255))
-    shade, light = _smooth_light(size, n, matrix, frame)
+    skin_r, skin_g, skin_b, light = _skin_and_light(size, genes, n, matrix, frame)
     blotch = bank.window(bank.smooth[5], oy2, ox2) - 0.5
-    gain += w_skin * ((_lerp(0.04, 0.14, genes["skin"].texture) / 255) * blotch - shade * (1 / 255))
+    w_skin = w_skin * (1 / 255)
+    gain += w_skin * (_lerp(0.04, 0.14, genes["skin"].texture) * blotch)
     gain *= light
-    img *= gain
+    w_skin *= light
+    for channel, skin in zip(img, (skin_r, skin_g, skin_b), strict=True):
+        channel *= gain + w_skin * skin
     img += _lerp(0.0, 7.0, n.noise) * bank.window(bank.noise, oy, ox2)  # grain
     out = cv2.merge(list(np.clip(img, 0, 255).astype(np.uint8)))
     if n.blur < 0.35:

@@ -30,8 +30,8 @@ class TextureBank:
     def window(self, field: np.ndarray, top: float, left: float) -> np.ndarray:
         """The S x S window of ``field`` starting at (top, left), clamped into the field."""
         s = self.size
-        y = int(np.clip(round(top), 0, field.shape[-2] - s))
-        x = int(np.clip(round(left), 0, field.shape[-1] - s))
+        y = min(max(round(top), 0), field.shape[-2] - s)
+        x = min(max(round(left), 0), field.shape[-1] - s)
         return field[..., y : y + s, x : x + s]
 
 
@@ -71,7 +71,8 @@ def _strands(rng: np.random.Generator, n: int, count: float) -> np.ndarray:
     phase = count * theta + 6.0 * phase_noise[bins] + 0.8 * np.sin(2 * np.pi * 4.0 * radius)
     strands = 0.5 + 0.5 * np.sin(phase)
     field = 0.55 * strands + 0.45 * np.clip(clumps[bins], 0.0, 1.0)
-    return field.astype(np.float32)
+    fade = np.clip(radius / 0.1, 0.0, 1.0)  # strands converge at the crown: calm it down
+    return (0.5 + (field - 0.5) * fade).astype(np.float32)
 
 
 def _curls(rng: np.random.Generator, n: int, s: int) -> np.ndarray:

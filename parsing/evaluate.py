@@ -1,0 +1,104 @@
+"""Evaluate a trained parser on a data set: confusion matrix, per-class F1, mean F1, mIoU.
+
+``python -m parsing.evaluate --checkpoint runs/parser/best.pt --data synth:data/synth_test``
+prints a table and writes the scores (and the confusion matrix) as JSON (SPEC §2.5; the
+conventions are those of :mod:`parsing.metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from parsing.cli import cli_main
+from parsing.data import (
+    build_dataset,
+    collate,
+    eval_transform,
+    has_official_split,
+    parse_data_spec,
+)
+from parsing.inference import Parser, default_device, model_from_checkpoint
+from parsing.metrics import ConfusionMatrix, format_scores
+
+log = logging.getLogger("parsing.evaluate")
+
+
+def confusion_over(parser: Parser, batches: Iterable, progress: bool = True,
+                   desc: str = "evaluate") -> tuple[ConfusionMatrix, list[str]]:
+    """Accumulate one confusion matrix over ``(images, label_maps, bad)`` batches.
+
+    Returns the matrix (on the parser's device) and the errors of skipped samples.
+    """
+    ls = parser.label_set
+    cm = ConfusionMatrix(ls.num_classes, ignore_index=255, names=ls.names)
+    skipped: list[str] = []
+    for images, targets, bad in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        skipped += bad
+        if len(images):
+            pred = parser(images.to(parser.device, non_blocking=True))
+            cm.update(pred, targets.to(parser.device, non_blocking=True))
+    return cm, skipped
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parsing.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="KIND:PATH (synth, facesynthetics, celebamask, "
+                   "folder)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                   help="default: test where the data has an official split, else all")
+    p.add_argument("--val-split", type=float, default=None,
+                   help="held-out fraction for --split val/train (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's)")
+    p.add_argument("--align", action="store_true", default=None,
+                   help="facesynthetics: 5-point alignment (default: as in training)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files, report them")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file (default: evaluation_<kind>_<split>.json beside the checkpoint)")
+    return p
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_arg_parser().parse_args(argv)
+    spec = parse_data_spec(args.data)
+    model, ckpt = model_from_checkpoint(args.checkpoint, args.device)
+    train_args = ckpt.get("args", {})
+    split = args.split or ("test" if has_official_split(spec) else "all")
+    align = args.align if args.align is not None else bool(train_args.get("align", False))
+    dataset = build_dataset(
+        spec, split, ckpt["label_set"], eval_transform(), align=align,
+        size=ckpt.get("image_size") or 112,
+        val_fraction=args.val_split if args.val_split is not None
+        else train_args.get("val_split", 0.1),
+        seed=args.seed if args.seed is not None else train_args.get("seed", 0),
+        skip_bad=args.skip_bad)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         num_workers=args.workers, collate_fn=collate)
+    parser = Parser(model, ckpt["label_set"], ckpt.get("image_size"), args.batch_size)
+    cm, skipped = confusion_over(parser, loader)
+    scores = cm.scores()
+    scores.update(checkpoint=str(args.checkpoint), data=str(spec), split=split,
+                  num_images=len(dataset) - len(skipped), skipped=skipped)
+    print(format_scores(scores))
+    if skipped:
+        print(f"skipped {len(skipped)} bad file(s):\n  " + "\n  ".join(skipped))
+    out = args.out or Path(args.checkpoint).parent / f"evaluation_{spec.kind}_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(scores, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

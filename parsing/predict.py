@@ -1,0 +1,148 @@
+"""Predict label maps for a folder (or list) of face images: this is how FSErasing gets masks.
+
+    python -m parsing.predict --checkpoint runs/parser/best.pt --images data/faces \\
+        --out data/faces_masks [--overlay]
+
+Writes one single-channel label PNG per image at the same relative path with a ``.png``
+suffix (``faces/a/b.jpg`` -> ``faces_masks/a/b.png``), read back by
+``parsing.io.read_label_map``, and ``OUT/predictions.csv`` (image, mask). ``--images`` is a
+directory (searched recursively) or a text file listing image paths (relative to the file's
+folder, or absolute). ``--overlay`` also writes colour overlays to ``OUT_overlays/`` (or the
+folder given); ``--sheet PNG`` a contact sheet of the first 16 faces beside their masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from parsing.cli import cli_main
+from parsing.data import BadSample
+from parsing.errors import DataError, InputError
+from parsing.inference import Parser, default_device
+from parsing.io import IMAGE_EXTENSIONS, read_image, write_label_map
+from parsing.viz import contact_sheet
+
+
+def list_images(source: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(paths, relative paths) of the images in a directory (recursive) or a list file."""
+    src = Path(source)
+    if src.is_dir():
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and p.is_file())
+        return paths, [p.relative_to(src) for p in paths]
+    if not src.is_file():
+        raise InputError(f"--images {source}: no such directory or list file")
+    entries = [line.strip() for line in src.read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    paths = [Path(e) if Path(e).is_absolute() else src.parent / e for e in entries]
+    if not paths:
+        return [], []
+    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    rels = [Path(e) if not Path(e).is_absolute() and ".." not in Path(e).parts
+            else p.resolve().relative_to(root) for e, p in zip(entries, paths, strict=True)]
+    return paths, rels
+
+
+class ImageFiles(Dataset):
+    """Images as normalised float (3, H, W) tensors with their index; bad files as BadSample."""
+
+    def __init__(self, paths: Sequence[Path], skip_bad: bool = False) -> None:
+        self.paths, self.skip_bad = list(paths), skip_bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | BadSample:
+        try:
+            arr = read_image(self.paths[i])
+        except DataError as exc:
+            if self.skip_bad:
+                return BadSample(str(exc))
+            raise
+        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
+        return image.float().div_(127.5).sub_(1.0), i
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend (H, W, 3) uint8 colour-coded labels over an (H, W, 3) uint8 image."""
+    return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parsing.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
+    p.add_argument("--images", required=True, help="image directory or list file")
+    p.add_argument("--out", type=Path, required=True, help="output directory for label PNGs")
+    p.add_argument("--overlay", nargs="?", const=True, default=None, metavar="DIR",
+                   help="also write colour overlays (default folder: OUT_overlays)")
+    p.add_argument("--sheet", type=Path, default=None, metavar="PNG",
+                   help="also write a contact sheet of the first 16 faces beside their masks")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, report them")
+    return p
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_arg_parser().parse_args(argv)
+    paths, rels = list_images(args.images)
+    if not paths:
+        raise InputError(f"--images {args.images}: no images found")
+    parser = Parser.from_checkpoint(args.checkpoint, args.device, args.batch_size)
+    overlay_dir = None
+    if args.overlay is not None:
+        overlay_dir = (args.out.with_name(args.out.name + "_overlays") if args.overlay is True
+                       else Path(args.overlay))
+    loader = DataLoader(ImageFiles(paths, args.skip_bad), batch_size=args.batch_size,
+                        num_workers=args.workers, collate_fn=list)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written, skipped, sheet = [], [], []
+    for batch in tqdm(loader, desc="predict", unit="batch"):
+        skipped += [s.error for s in batch if isinstance(s, BadSample)]
+        good = [s for s in batch if not isinstance(s, BadSample)]
+        by_size: dict[tuple[int, ...], list] = {}
+        for image, i in good:
+            by_size.setdefault(tuple(image.shape), []).append((image, i))
+        for group in by_size.values():
+            label_maps = parser(torch.stack([g[0] for g in group])).cpu()
+            for (image, i), label_map in zip(group, label_maps, strict=True):
+                mask_path = args.out / rels[i].with_suffix(".png")
+                mask_path.parent.mkdir(parents=True, exist_ok=True)
+                write_label_map(mask_path, label_map)
+                written.append((str(paths[i]), str(mask_path)))
+                rgb = ((image + 1) * 127.5).round().byte()
+                if args.sheet and len(sheet) < 16 and (not sheet or sheet[0][0].shape == rgb.shape):
+                    sheet.append((rgb, label_map))
+                if overlay_dir is not None:
+                    out = overlay_dir / rels[i].with_suffix(".jpg")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    blended = overlay(rgb.permute(1, 2, 0).numpy(),
+                                      parser.label_set.colorize(label_map))
+                    Image.fromarray(blended).save(out, quality=92)
+    with open(args.out / "predictions.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "mask"), *written])
+    if sheet:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet(torch.stack([s[0] for s in sheet]), torch.stack([s[1] for s in sheet]),
+                      parser.label_set, path=args.sheet, nrow=4)
+    print(json.dumps({"out": str(args.out), "written": len(written), "skipped": skipped,
+                      "overlays": str(overlay_dir) if overlay_dir else None,
+                      "sheet": str(args.sheet) if sheet else None}))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

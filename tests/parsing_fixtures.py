@@ -1,0 +1,40 @@
+"""Small data sets written in the published layouts, for the parsing tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from parsing.io import write_label_map
+
+
+def blob_sample(rng: np.random.Generator, size: int = 32, n_classes: int = 25):
+    """An image whose pixels are a noisy colour per class, and its label map."""
+    label_map = np.zeros((size, size), dtype=np.uint8)
+    for _ in range(6):
+        c = rng.integers(1, n_classes)
+        y, x = rng.integers(0, size - 8, 2)
+        h, w = rng.integers(4, size // 2, 2)
+        label_map[y:y + h, x:x + w] = c
+    palette = np.random.default_rng(123).integers(0, 256, (256, 3))
+    image = palette[label_map] + rng.normal(0, 8, (size, size, 3))
+    return image.clip(0, 255).astype(np.uint8), label_map
+
+
+def write_synth_layout(root: Path, n: int, size: int = 32, seed: int = 0,
+                       failed: tuple[int, ...] = ()) -> Path:
+    """``images/{id:06d}.png``, ``labels_25/{id:06d}_seg.png``, ``anno_list.csv``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels_25").mkdir(exist_ok=True)
+    rows = ["frame_id,with_25"]
+    for i in range(n):
+        image, label_map = blob_sample(rng, size)
+        Image.fromarray(image).save(root / "images" / f"{i:06d}.png")
+        if i not in failed:
+            write_label_map(root / "labels_25" / f"{i:06d}_seg.png", label_map)
+        rows.append(f"{i},{0 if i in failed else 1}")
+    (root / "anno_list.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -1,0 +1,213 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from parsing_fixtures import write_synth_layout
+from PIL import Image
+
+import parsing
+import parsing.train as train_mod
+from parsing import evaluate, export, predict
+from parsing.io import load_checkpoint, read_label_map
+
+TINY = ["--model", "unet_r18", "--width", "4", "--batch-size", "4", "--workers", "0",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return write_synth_layout(tmp_path_factory.mktemp("data") / "synth", 12, size=32)
+
+
+def _train_args(synth_dir):
+    return ["--data", f"synth:{synth_dir}", "--epochs", "2", "--val-split", "0.25",
+            "--class-weights", "--edge-loss", "0.5", *TINY]
+
+
+@pytest.fixture(scope="module")
+def trained(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert train_mod.main([*_train_args(synth_dir), "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_checkpoints_history_and_tensorboard(trained):
+    ckpt = load_checkpoint(trained / "last.pt")  # weights_only=True
+    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "unet_r18"
+    assert ckpt["model_kwargs"] == {"width": 4} and ckpt["label_set"] == "fse25"
+    assert ckpt["image_size"] == 32 and ckpt["class_weights"].shape == (25,)
+    assert (trained / "best.pt").is_file()
+    history = json.loads((trained / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and "val_mean_f1" in history[0]
+    assert list((trained / "tb").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly(trained, synth_dir, tmp_path, monkeypatch):
+    class Interrupted(Exception):
+        pass
+
+    real_save = train_mod.atomic_save
+
+    def save_then_stop(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pt" and obj["epoch"] == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(train_mod, "atomic_save", save_then_stop)
+    with pytest.raises(Interrupted):
+        train_mod.main([*_train_args(synth_dir), "--out", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    assert train_mod.main(["--out", str(tmp_path / "resumed"), "--resume", "--workers", "0"]) == 0
+    a = load_checkpoint(trained / "last.pt")  # the same run, uninterrupted
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_evaluate_json_f1_agrees_with_its_confusion_matrix(trained, synth_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--data", f"synth:{synth_dir}",
+                        "--split", "val", "--workers", "0", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    assert "mean F1" in capsys.readouterr().out
+    s = json.loads(out.read_text())
+    cm = np.asarray(s["confusion_matrix"], dtype=np.float64)
+    assert cm.sum() == s["num_pixels"] == 3 * 32 * 32 and s["num_images"] == 3
+    tp = np.diag(cm)
+    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    assert s["mean_f1"] == pytest.approx(np.nanmean(f1[1:]))
+    assert s["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum())
+
+
+def test_predict_writes_readable_label_pngs_matching_parser(trained, synth_dir, tmp_path):
+    images = tmp_path / "faces"
+    (images / "sub").mkdir(parents=True)
+    src = sorted((synth_dir / "images").glob("*.png"))[:3]
+    for i, p in enumerate(src):
+        Image.open(p).convert("RGB").save(images / ("sub" if i else ".") / f"f{i}.jpg",
+                                          quality=95)
+    out = tmp_path / "masks"
+    rc = predict.main(["--checkpoint", str(trained / "best.pt"), "--images", str(images),
+                       "--out", str(out), "--overlay", "--workers", "0", "--device", "cpu",
+                       "--batch-size", "2", "--sheet", str(tmp_path / "sheet.png")])
+    assert rc == 0
+    assert Image.open(tmp_path / "sheet.png").size[0] > 4 * 32
+    masks = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert masks == ["f0.png", "sub/f1.png", "sub/f2.png"]
+    assert len(list((tmp_path / "masks_overlays").rglob("*.jpg"))) == 3
+    rows = list(csv.reader((out / "predictions.csv").read_text().splitlines()))
+    assert rows[0] == ["image", "mask"] and len(rows) == 4
+    parser = parsing.Parser.from_checkpoint(trained / "best.pt")
+    img = np.asarray(Image.open(images / "sub" / "f2.jpg").convert("RGB"))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    label_map = read_label_map(out / "sub" / "f2.png")
+    assert label_map.shape == (32, 32) and label_map.dtype == np.uint8
+    assert np.array_equal(label_map, parser(x)[0].numpy())
+
+
+def test_parser_api_batches_resizes_and_checks_input(trained):
+    parser = parsing.Parser.from_checkpoint(trained / "best.pt", device="cpu", batch_size=2)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    out = parser(x)
+    assert out.shape == (5, 32, 32) and out.dtype == torch.uint8 and out.device == x.device
+    whole = parsing.Parser.from_checkpoint(trained / "best.pt", batch_size=64)(x)
+    assert torch.equal(out, whole)
+    assert parser(torch.rand(2, 3, 48, 40) * 2 - 1).shape == (2, 48, 40)  # resized to 32 and back
+    with pytest.raises(parsing.InputError, match="float"):
+        parser(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_onnx_export_matches_pytorch(trained, tmp_path, capsys):
+    onnx_path = tmp_path / "parser.onnx"
+    assert export.main(["--checkpoint", str(trained / "best.pt"), "--onnx", str(onnx_path)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert onnx_path.is_file() and report["size"] == 32
+    assert report["max_abs_diff"] < 1e-3 and report["argmax_agreement"] > 0.999
+
+
+def test_skip_bad_reports_and_strict_mode_names_file(tmp_path, capsys):
+    root = write_synth_layout(tmp_path / "s", 6, size=32)
+    (root / "images" / "000002.png").write_bytes(b"broken")
+    args = ["--data", f"synth:{root}", "--epochs", "1", "--val-split", "0", *TINY]
+    assert train_mod.main([*args, "--out", str(tmp_path / "strict")]) == 2
+    assert "000002.png" in capsys.readouterr().err
+    assert train_mod.main([*args, "--out", str(tmp_path / "skip"), "--skip-bad"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["skipped"]) == 1 and "000002.png" in summary["skipped"][0]
+    assert (tmp_path / "skip" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("cli,argv,message", [
+    (train_mod, ["--data", "nope:x", "--out", "{tmp}/r"], "unknown kind"),
+    (train_mod, ["--out", "{tmp}/r", "--resume"], "no checkpoint"),
+    (evaluate, ["--checkpoint", "{tmp}/missing.pt", "--data", "synth:{tmp}"], "missing.pt"),
+    (evaluate, ["--checkpoint", "{tmp}/junk.pt", "--data", "synth:{tmp}"], "not a loadable"),
+    (predict, ["--checkpoint", "{tmp}/junk.pt", "--images", "{tmp}/none", "--out", "{tmp}/o"],
+     "no such directory"),
+    (export, ["--checkpoint", "{tmp}/missing.pt", "--onnx", "{tmp}/x.onnx"], "missing.pt"),
+])
+def test_bad_input_exits_2_with_one_line(cli, argv, message, tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    rc = cli.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_train_refuses_to_overwrite_a_run(trained, synth_dir, capsys):
+    rc = train_mod.main(["--data", f"synth:{synth_dir}", "--out", str(trained), *TINY])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_list_file_keeps_relative_paths(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.jpg", "y.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text(f"a/x.jpg\n# comment\n{tmp_path / 'y.png'}\n")
+    paths, rels = predict.list_images(tmp_path / "list.txt")
+    assert [p.name for p in paths] == ["x.jpg", "y.png"]
+    assert [r.as_posix() for r in rels] == ["a/x.jpg", "y.png"]
+
+
+def test_self_distillation_fine_tunes_the_teacher(trained, synth_dir, tmp_path):
+    out = tmp_path / "distilled"
+    rc = train_mod.main(["--data", f"synth:{synth_dir}", "--out", str(out), "--epochs", "1",
+                         "--distill-from", str(trained / "best.pt"), "--distill-alpha", "0.7",
+                         "--lr", "1e-4", "--val-split", "0.25", "--batch-size", "4",
+                         "--workers", "0", "--device", "cpu", "--model", "scanet"])
+    assert rc == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["model_name"] == "unet_r18" and ckpt["model_kwargs"] == {"width": 4}
+    teacher = load_checkpoint(trained / "best.pt")["model"]
+    moved = [k for k, v in ckpt["model"].items() if v.is_floating_point()
+             and not torch.equal(v, teacher[k])]
+    assert moved  # it trained ...
+    stem = "encoder.stem.0.weight"  # ... starting from the teacher's weights, not from scratch
+    assert (ckpt["model"][stem] - teacher[stem]).abs().max() < 0.05
+
+
+def test_predicted_masks_feed_fserasing(trained, synth_dir, tmp_path):
+    from fserasing import FSErasing, MaskedImageFolder
+
+    root = tmp_path / "faces"
+    for k, p in enumerate(sorted((synth_dir / "images").glob("*.png"))[:4]):
+        (root / f"id{k % 2}").mkdir(parents=True, exist_ok=True)
+        (root / f"id{k % 2}" / f"{k}.png").write_bytes(p.read_bytes())
+    masks = tmp_path / "masks"
+    assert predict.main(["--checkpoint", str(trained / "best.pt"), "--images", str(root),
+                         "--out", str(masks), "--workers", "0", "--device", "cpu"]) == 0
+    ds = MaskedImageFolder(root, masks, transform=FSErasing(p=1.0, classes="all", fill=0))
+    assert len(ds) == 4
+    for i in range(4):
+        image, mask, label = ds[i]
+        original = torch.from_numpy(np.array(Image.open(ds.samples[i][0]).convert("RGB")))
+        changed = (image.permute(1, 2, 0) != original).any(-1)
+        assert label == i // 2 and torch.equal(mask, torch.from_numpy(
+            read_label_map(masks / Path(ds.samples[i][0]).relative_to(root))))
+        assert not changed[mask == 0].any()  # only predicted face regions are erased
