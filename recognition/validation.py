@@ -64,7 +64,7 @@ class VerificationSet:
         n_pairs = min(max_pairs, 10 * len(dataset))
         n_pairs -= n_pairs % 10  # whole folds
         first, second, issame = sample_pairs(dataset.labels.numpy(), n_pairs, seed)
-        return cls(f"synth_{Path(root).name}", images, torch.from_numpy(first),
+        return cls(Path(root).name, images, torch.from_numpy(first),
                    torch.from_numpy(second), torch.from_numpy(issame))
 
     @torch.no_grad()

@@ -86,7 +86,7 @@ def test_synth_set_labels_and_own_masks(tmp_path):
 def test_verification_sets_from_synth_and_bin(tmp_path):
     root = write_dataset(tmp_path / "v", 4, 3, seed=1, workers=1, progress=False)
     val = VerificationSet.from_target(f"synth:{root}")
-    assert len(val) == 120 and int(val.issame.sum()) == 60 and val.name == "synth_v"
+    assert len(val) == 120 and int(val.issame.sum()) == 60 and val.name == "v"
     labels = SynthFaceSet(root).labels
     assert torch.equal(labels[val.first] == labels[val.second], val.issame)
     assert (val.first != val.second).all()

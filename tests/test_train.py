@@ -225,3 +225,19 @@ def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
     assert main([*args, "--skip-bad"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped"] == 1 and summary["global_step"] == 3
+
+
+@pytest.mark.parametrize("extra", [
+    ["--aug", "cutout", "--aug-options", '{"size": 20}', "--optimizer", "adamw", "--lr",
+     "0.001", "--loss", "cosface"],
+    ["--aug", "random-erasing", "--aug-p", "1", "--loss", "combined", "--margins", "1,0.3,0.2",
+     "--partial-fc", "0.5", "--channels-last", "--fp16"],
+])
+def test_other_augmentations_losses_and_optimizers_train(tmp_path, faces, extra):
+    out = tmp_path / "run"
+    assert main(["--data", str(faces), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
+                 "--epochs", "1", *extra, "--out", str(out)]) == 0
+    cfg = (out / "config.yaml").read_text()
+    assert f"aug: {extra[1]}" in cfg
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 3 and row["loss"] > 0
