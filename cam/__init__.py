@@ -1,1 +1,10 @@
-"""cam package."""
+"""Explanations for face models: Grad-CAM, RISE, Group-CAM and FS-CAM, per face region."""
+
+from cam.base import Explanation
+from cam.gradcam import GradCAM
+from cam.groupcam import GroupCAM
+from cam.regions import FSCAM, RegionStats, region_attribution
+from cam.rise import RISE
+
+__all__ = ["Explanation", "FSCAM", "GradCAM", "GroupCAM", "RISE", "RegionStats",
+           "region_attribution"]

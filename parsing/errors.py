@@ -11,3 +11,7 @@ class LabelError(InputError):
 
 class DataError(InputError):
     """A data file that is missing, unreadable, corrupt or inconsistent; names the file."""
+
+
+class MissingDependencyError(InputError, ImportError):
+    """An optional package is not installed; the message says how to install it."""

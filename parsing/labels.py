@@ -129,11 +129,11 @@ class LabelSet:
             raise LabelError(f"{what}: label maps must be integer, got {t.dtype}")
         if t.numel() == 0:
             return
-        values = torch.unique(t)
-        bad = values[(values < 0) | (values >= self.num_classes)]
+        outside = (t < 0) | (t >= self.num_classes)
         if self.ignore_index is not None:
-            bad = bad[bad != self.ignore_index]
-        if bad.numel():
+            outside &= t != self.ignore_index
+        if outside.any():  # torch.unique sorts the whole map: only run it on the bad ids
+            bad = torch.unique(t[outside])
             shown = ", ".join(str(v) for v in bad.tolist()[:8])
             raise LabelError(
                 f"{what}: ids {{{shown}}} are outside {self.key} (0..{self.num_classes - 1})"

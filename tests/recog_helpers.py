@@ -1,0 +1,35 @@
+"""Tiny backbones for the recognition tests, registered on import, so that a training run can
+use them with ``--import tests.recog_helpers``."""
+
+import torch
+from torch import nn
+
+from recognition.backbones import register_backbone
+
+
+class TinyNet(nn.Module):
+    """8x8 average pool -> small MLP (optionally a BatchNorm) -> embedding."""
+
+    def __init__(self, num_features: int = 512, hidden: int = 32, batch_norm: bool = True):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(8)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8) if batch_norm else nn.Identity()
+        self.act = nn.PReLU(8)
+        self.fc1 = nn.Linear(8 * 8 * 8, hidden)
+        self.fc2 = nn.Linear(hidden, num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn(self.conv(self.pool(x))))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+@register_backbone
+def tiny_cnn(num_features: int = 512, **kwargs) -> nn.Module:
+    return TinyNet(num_features, batch_norm=True, **kwargs)
+
+
+@register_backbone
+def tiny_nobn(num_features: int = 512, **kwargs) -> nn.Module:
+    return TinyNet(num_features, batch_norm=False, **kwargs)
+
