@@ -7,9 +7,10 @@ a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_t
 
 * ``facesynthetics``: ``ROOT/{id:06d}.png``, ``{id:06d}_seg.png`` (own 19 classes),
   ``{id:06d}_ldmks.txt`` (70 lines ``x y``); FSE-25 labels in ``ROOT/labels_25/{id:06d}_seg.png``
-  (FSE-10: ``labels_10/``) for the frames that ``ROOT/anno_list.csv`` (``frame_id,with_25``)
-  marks as labelled. ``align=True`` warps image and labels to the ArcFace template (SPEC
-  §5.1) with the five points taken from the 68 landmarks (labels: nearest neighbour).
+  (FSE-10: ``labels_10/`` if present, else converted) for the frames that
+  ``ROOT/anno_list.csv`` (``frame_id,with_25``) marks as labelled. ``align=True`` warps image
+  and labels to the ArcFace template (SPEC §5.1) with the five points taken from the 68
+  landmarks (labels: nearest neighbour).
 * ``synth`` (``python -m parsing.synth``): ``ROOT/images/{id:06d}.png``, ``labels_25/``,
   ``anno_list.csv``; already aligned.
 * ``celebamask``: ``ROOT/CelebA-HQ-img/{idx}.jpg``, part masks
