@@ -19,8 +19,18 @@ def cli_main(fn: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence
         try:
             fn(argv)
         except (InputError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
             return 2
         return 0
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message; for errors re-raised from a DataLoader worker (which embed the worker's
+    whole traceback), the original message only."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.removeprefix(f"{type(exc).__module__}.{type(exc).__qualname__}: ")

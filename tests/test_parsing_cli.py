@@ -211,3 +211,21 @@ def test_predicted_masks_feed_fserasing(trained, synth_dir, tmp_path):
         assert label == i // 2 and torch.equal(mask, torch.from_numpy(
             read_label_map(masks / Path(ds.samples[i][0]).relative_to(root))))
         assert not changed[mask == 0].any()  # only predicted face regions are erased
+
+
+def test_corrupt_image_in_a_worker_is_one_line_and_skippable(trained, synth_dir, tmp_path,
+                                                             capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sorted((synth_dir / "images").glob("*.png"))[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "000001.png").write_bytes(b"junk")
+    argv = ["--checkpoint", str(trained / "best.pt"), "--images", str(images), "--out",
+            str(tmp_path / "out"), "--workers", "1", "--device", "cpu"]
+    assert predict.main(argv) == 2  # raised in a DataLoader worker process
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "000001.png: not a readable image" in err
+    assert "Traceback" not in err
+    assert predict.main([*argv, "--skip-bad"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["written"] == 2 and "000001.png" in summary["skipped"][0]
