@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
-PARSER_EPOCHS ?= 4
-RECOG_EPOCHS ?= 4
+PARSER_EPOCHS ?= 3
+RECOG_EPOCHS ?= 3
 # glibc would map/unmap every >32 MB tensor (SPEC §8): keep freed memory instead (1.2-1.8x on CPU).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(PY) -m fserasing --data $(DEMO)/synth --sheet $(DEMO)/fserasing_sheet.png
 	@echo "== 3. train a small face parser, predict masks for the recognition set"
 	$(PY) -m parsing.train --data synth:$(DEMO)/synth --out $(DEMO)/parser --width 16 \
-		--epochs $(PARSER_EPOCHS) --batch-size 16 --lr 1e-2 --augment flip
+		--epochs $(PARSER_EPOCHS) --batch-size 8 --lr 1e-2 --augment flip --class-weights
 	$(PY) -m parsing.evaluate --checkpoint $(DEMO)/parser/best.pt --data synth:$(DEMO)/synth_val \
 		--split all --out $(DEMO)/parser/eval.json
 	$(PY) -m parsing.predict --checkpoint $(DEMO)/parser/best.pt --images $(DEMO)/synth/images \
