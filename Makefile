@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
 PARSER_EPOCHS ?= 3
-RECOG_EPOCHS ?= 3
+RECOG_EPOCHS ?= 8
 # glibc would map/unmap every >32 MB tensor (SPEC §8): keep freed memory instead (1.2-1.8x on CPU).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
@@ -47,9 +47,10 @@ demo: $(STAMP)
 	$(PY) -m parsing.predict --checkpoint $(DEMO)/parser/best.pt --images $(DEMO)/synth/images \
 		--out $(DEMO)/masks --sheet $(DEMO)/parser_sheet.png
 	@echo "== 4. train a recognizer with FSErasing on the predicted masks"
-	$(PY) -m recognition.train --data $(DEMO)/synth --network mbf --aug fserasing \
-		--masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) --batch-size 32 --lr 0.1 \
-		--val synth:$(DEMO)/synth_val --out $(DEMO)/recognition
+	$(PY) -m recognition.train --data $(DEMO)/synth --val synth:$(DEMO)/synth_val \
+		--network mbf --network-kwargs '{"blocks": [1, 2, 3, 1], "scale": 1}' --channels-last \
+		--aug fserasing --masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) --batch-size 32 \
+		--warmup-epochs 1 --workers 1 --val-every 32 --out $(DEMO)/recognition
 	@echo "== 5. evaluation: IJB-C-layout protocol, .bin verification, occlusion per region"
 	$(PY) -m parsing.synth --out $(DEMO)/eval_loose --identities 24 --images-per-identity 6 \
 		--seed 2 --size 160 --loose
