@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
-PARSER_EPOCHS ?= 4
-RECOG_EPOCHS ?= 4
+PARSER_EPOCHS ?= 3
+RECOG_EPOCHS ?= 8
 # glibc would map/unmap every >32 MB tensor (SPEC §8): keep freed memory instead (1.2-1.8x on CPU).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
@@ -41,15 +41,16 @@ demo: $(STAMP)
 	$(PY) -m fserasing --data $(DEMO)/synth --sheet $(DEMO)/fserasing_sheet.png
 	@echo "== 3. train a small face parser, predict masks for the recognition set"
 	$(PY) -m parsing.train --data synth:$(DEMO)/synth --out $(DEMO)/parser --width 16 \
-		--epochs $(PARSER_EPOCHS) --batch-size 16 --lr 1e-2 --augment flip
+		--epochs $(PARSER_EPOCHS) --batch-size 8 --lr 1e-2 --augment flip --class-weights
 	$(PY) -m parsing.evaluate --checkpoint $(DEMO)/parser/best.pt --data synth:$(DEMO)/synth_val \
 		--split all --out $(DEMO)/parser/eval.json
 	$(PY) -m parsing.predict --checkpoint $(DEMO)/parser/best.pt --images $(DEMO)/synth/images \
 		--out $(DEMO)/masks --sheet $(DEMO)/parser_sheet.png
 	@echo "== 4. train a recognizer with FSErasing on the predicted masks"
-	$(PY) -m recognition.train --data $(DEMO)/synth --network mbf --aug fserasing \
-		--masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) --batch-size 32 --lr 0.1 \
-		--val synth:$(DEMO)/synth_val --out $(DEMO)/recognition
+	$(PY) -m recognition.train --data $(DEMO)/synth --val synth:$(DEMO)/synth_val \
+		--network mbf --network-kwargs '{"blocks": [1, 2, 3, 1], "scale": 1}' --channels-last \
+		--aug fserasing --masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) --batch-size 32 \
+		--warmup-epochs 1 --workers 1 --val-every 32 --out $(DEMO)/recognition
 	@echo "== 5. evaluation: IJB-C-layout protocol, .bin verification, occlusion per region"
 	$(PY) -m parsing.synth --out $(DEMO)/eval_loose --identities 24 --images-per-identity 6 \
 		--seed 2 --size 160 --loose

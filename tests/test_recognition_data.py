@@ -1,4 +1,5 @@
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -78,6 +79,12 @@ def test_synth_set_labels_and_own_masks(tmp_path):
     assert np.array_equal(ds[5]["image"].permute(1, 2, 0).numpy(),
                           read_image(root / "images" / "000005.png"))
     assert "mask" not in open_dataset(root)[0]
+    predicted = tmp_path / "masks"  # parsing.predict --images root/images: same names, .png
+    predicted.mkdir()
+    for seg in (root / "labels_25").glob("*_seg.png"):
+        shutil.copy(seg, predicted / seg.name.replace("_seg", ""))
+    with_predicted = open_dataset(root, masks=predicted)
+    assert torch.equal(with_predicted[5]["mask"], ds[5]["mask"])
     (root / "identities.csv").write_text("frame,who\n1,2\n")
     with pytest.raises(DataError, match="identities.csv"):
         SynthFaceSet(root)
