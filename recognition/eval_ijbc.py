@@ -34,6 +34,7 @@ from recognition.ijbc import (
     evaluate_verification,
     identification_report,
     meta_path,
+    pair_scores,
     read_identification_protocol,
     read_protocol,
 )
@@ -144,10 +145,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             flip=not args.no_flip, device=device, total=len(protocol),
             desc=f"embed {protocol.name}").numpy()
         np.save(out / f"{protocol.name}_features.npy", features)
-    report, scores, (fpr, tpr), (templates, template_feats) = evaluate_verification(
+    report, (fpr, tpr), (templates, template_feats), rows = evaluate_verification(
         features, protocol, use_detector_score=args.use_detector_score,
         use_norm_score=args.use_norm_score)
-    np.save(out / f"{protocol.name}_scores.npy", scores)
+    # float64 cosine scores: recognition.roc.verification_report on them gives the same table
+    np.save(out / f"{protocol.name}_scores.npy",
+            pair_scores(template_feats.cpu(), rows[:, 0], rows[:, 1]))
     result = {
         "protocol": protocol.name, "data": str(protocol.root), "images": len(protocol),
         "templates": int(len(templates)),

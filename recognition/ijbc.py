@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from parsing.errors import DataError, InputError
-from recognition.roc import far_key, verification_report
+from recognition.roc import far_key, screened_verification_report
 
 FPIRS = (0.01, 0.1)
 RANKS = (1, 5, 10)
@@ -295,7 +295,7 @@ def template_features(
     medias: np.ndarray,
     faceness: torch.Tensor | np.ndarray | None = None,
     use_norm_score: bool = False,
-    chunk_size: int = 16384,
+    chunk_size: int = 512,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Aggregate image features (N, D) into L2-normalised template features (T, D) float64.
 
@@ -312,8 +312,14 @@ def template_features(
                          f"{tuple(feats.shape)}, {templates.shape} templates, "
                          f"{medias.shape} medias")
     unique_templates, template_index = np.unique(templates, return_inverse=True)
-    _, media_index = np.unique(medias, return_inverse=True)
-    group_key = template_index.astype(np.int64) * (media_index.max(initial=0) + 1) + media_index
+    media_min = int(medias.min(initial=0))
+    media_span = int(medias.max(initial=0)) - media_min + 1
+    if len(unique_templates) * media_span < 1 << 62:  # (template, media id) fits one int64
+        media_index = medias.astype(np.int64) - media_min
+    else:
+        _, media_index = np.unique(medias, return_inverse=True)
+        media_span = int(media_index.max(initial=0)) + 1
+    group_key = template_index.astype(np.int64) * media_span + media_index
     _, group, group_size = np.unique(group_key, return_inverse=True, return_counts=True)
     # mean per media, sum over media == each image weighted by 1 / (its media's image count)
     weight = 1.0 / group_size[group]
@@ -323,6 +329,7 @@ def template_features(
     weight_t = torch.from_numpy(weight).to(device)
     index_t = torch.from_numpy(template_index.astype(np.int64)).to(device)
     out = torch.zeros(len(unique_templates), feats.shape[1], dtype=torch.float64, device=device)
+    # small chunks: the float64 copy stays in cache between the product and the scatter
     chunk = torch.empty(min(chunk_size, len(feats)), feats.shape[1], dtype=torch.float64,
                         device=device)
     for start in range(0, len(feats), chunk_size):
@@ -333,8 +340,7 @@ def template_features(
         else:
             x.copy_(feats[start:start + chunk_size])
             x.mul_(w / _safe_norm(x))
-        # index_put_ accumulates 2x faster than index_add_ on CPU, same order of additions
-        out.index_put_((index_t[start:start + chunk_size],), x, accumulate=True)
+        out.index_add_(0, index_t[start:start + chunk_size], x)
     return unique_templates, out.div_(_safe_norm(out))
 
 
@@ -351,7 +357,8 @@ def pair_scores(
     block_bytes: int = 1 << 26,
     min_density: float = 1 / 32,
 ) -> np.ndarray:
-    """Dot products ``features[rows1[k]] @ features[rows2[k]]`` for every pair k, float64.
+    """Dot products ``features[rows1[k]] @ features[rows2[k]]`` for every pair k, in the
+    features' dtype.
 
     Verification protocols compare a few thousand gallery templates with tens of thousands
     of probes, and need a large share of those products (IJB-C: 23%): the pairs are grouped
@@ -402,11 +409,19 @@ def pair_scores(
     bounds = torch.searchsorted(block, torch.arange(n_blocks + 1, dtype=block.dtype,
                                                     device=device)).tolist()
     in_block_order = out if order is None else torch.empty_like(out)
+    products = torch.empty(min(rows_per_block, n1), n2, dtype=features.dtype, device=device)
     for b in range(n_blocks):
         start, end = bounds[b], bounds[b + 1]
         if end > start:
-            products = first[b * rows_per_block:(b + 1) * rows_per_block] @ second.T
-            torch.index_select(products.view(-1), 0, position[start:end],
+            block = first[b * rows_per_block:(b + 1) * rows_per_block]
+            result = products[:len(block)]
+            if device.type == "cpu":
+                # numpy's OpenBLAS GEMM runs 1.3x (float64) and 2.7x (float32) as fast as
+                # torch's MKL one on the AMD CPU of benchmarks/RESULTS.md
+                np.matmul(block.numpy(), second.numpy().T, out=result.numpy())
+            else:
+                torch.matmul(block, second.T, out=result)
+            torch.index_select(result.view(-1), 0, position[start:end],
                                out=in_block_order[start:end])
     if order is not None:
         out[order] = in_block_order
@@ -494,9 +509,16 @@ def evaluate_verification(
     protocol: IJBProtocol,
     use_detector_score: bool = False,
     use_norm_score: bool = False,
-) -> tuple[dict, np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, torch.Tensor]]:
-    """Features (N, D) of the protocol's images (flip-fused) -> (report, scores, (fpr, tpr),
-    (unique templates, template features))."""
+) -> tuple[dict, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, torch.Tensor], np.ndarray]:
+    """Features (N, D) of the protocol's images (flip-fused) -> (report, (fpr, tpr), (unique
+    templates, template features), (P, 2) template rows of the pairs).
+
+    The TAR@FAR table equals that of the float64 cosine scores (``pair_scores`` of the
+    template features, on which ``recognition.roc.verification_report`` gives the same
+    table): all pairs are scored in float32, whose error is bounded, and only the genuine
+    pairs and the impostors near each target FAR are scored again in float64
+    (``recognition.roc.screened_verification_report``).
+    """
     feats = torch.as_tensor(image_features)
     if feats.dim() != 2 or len(feats) != len(protocol):
         raise InputError(f"features must be ({len(protocol)}, D) for the {len(protocol)} images "
@@ -507,6 +529,19 @@ def evaluate_verification(
         use_norm_score=use_norm_score)
     pairs_file = meta_path(protocol.root, protocol.name, "template_pair_label.txt")
     rows = template_rows(unique_templates, protocol.pair_templates, pairs_file)
-    scores = pair_scores(tfeats, rows[:, 0], rows[:, 1])
-    report, fpr, tpr = verification_report(scores, protocol.pair_labels)
-    return report, scores, (fpr, tpr), (unique_templates, tfeats)
+    exact_feats = tfeats.cpu()
+    approx = pair_scores(exact_feats.float(), rows[:, 0], rows[:, 1])
+
+    def exact(pairs: np.ndarray) -> np.ndarray:
+        return pair_scores(exact_feats, rows[pairs, 0], rows[pairs, 1])
+
+    report, fpr, tpr = screened_verification_report(
+        approx, protocol.pair_labels, float32_dot_error(exact_feats.shape[1]), exact)
+    return report, (fpr, tpr), (unique_templates, tfeats), rows
+
+
+def float32_dot_error(dim: int) -> float:
+    """Bound on |float32 dot product - exact| for vectors of norm <= 1 in ``dim`` dimensions
+    rounded to float32: rounding the inputs (2u), then any order of ``dim`` multiply-adds
+    (gamma_dim <= 1.01 dim u), u = 2^-24; plus the float64 rounding of the exact score."""
+    return (1.01 * dim + 2) * 2.0 ** -24 + 1e-12

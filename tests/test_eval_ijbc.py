@@ -15,6 +15,7 @@ from recognition.ijbc import (
     read_protocol,
 )
 from recognition.make_ijbc_protocol import write_synthetic_protocol
+from recognition.roc import verification_report
 
 
 def _faces(n_ids=4, per_id=4, size=64, seed=0):
@@ -98,9 +99,12 @@ def test_cli_rescoring_saved_features(tmp_path, capsys):
     assert main(["--data", str(data), "--out", str(out), "--features",
                  str(tmp_path / "features.npy"), "--use-detector-score"]) == 0
     result = json.loads((out / "ijbc_verification.json").read_text())
-    expected, scores, _, _ = evaluate_verification(features, protocol, use_detector_score=True)
+    expected, _, _, _ = evaluate_verification(features, protocol, use_detector_score=True)
     assert result["verification"] == json.loads(json.dumps(expected))
-    np.testing.assert_array_equal(np.load(out / "ijbc_scores.npy"), scores)
+    scores = np.load(out / "ijbc_scores.npy")
+    assert scores.dtype == np.float64 and scores.shape == (len(protocol.pair_labels),)
+    table, _, _ = verification_report(scores, protocol.pair_labels)
+    assert table["tar_at_far"] == expected["tar_at_far"]
     assert (out / "ijbc_roc.png").stat().st_size > 0
     assert {"G1", "G2", "mean"} <= set(result["identification"])
     assert "TAR (%)" in capsys.readouterr().out

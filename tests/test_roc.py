@@ -6,7 +6,13 @@ import sklearn.metrics
 
 from benchmarks.bench_ijbc import reference_tar_at_far
 from parsing.errors import InputError
-from recognition.roc import far_key, roc_curve, tar_at_far, verification_report
+from recognition.roc import (
+    far_key,
+    roc_curve,
+    screened_verification_report,
+    tar_at_far,
+    verification_report,
+)
 
 
 def _random_scores(rng, n, ties):
@@ -75,3 +81,96 @@ def test_roc_curve_rejects_bad_input():
         roc_curve(np.array([0.1, np.nan]), np.array([True, False]))
     with pytest.raises(InputError, match="labels"):
         roc_curve(np.zeros(3), np.zeros(2, bool))
+
+
+def _screening_case(rng, n):
+    """Exact scores (some with long ties), labels, and float32 approximations within error."""
+    if rng.random() < 0.3:  # a handful of genuine pairs, possibly all above or below
+        labels = np.zeros(n, dtype=bool)
+        labels[rng.choice(n, int(rng.integers(1, 6)), replace=False)] = True
+    else:
+        labels = rng.random(n) < rng.choice([0.002, 0.02, 0.2])
+    labels[:2] = [True, False]
+    exact = rng.standard_normal(n) * 0.1 + labels * rng.choice([-1.0, 0.0, 0.2, 5.0])
+    mode = rng.integers(0, 3)
+    if mode == 1:
+        exact = np.round(exact, 3)
+    elif mode == 2:
+        exact[rng.random(n) < 0.3] = exact[rng.integers(n)]
+    error = float(rng.choice([1e-6, 1e-4, 1e-2]))
+    approx = (exact + rng.uniform(-0.45, 0.45, n) * error).astype(np.float32)
+    return exact, labels, approx, error
+
+
+class _ExactScores:
+    """The exact-score callback, counting how many pairs it was asked for."""
+
+    def __init__(self, scores):
+        self.scores, self.asked = scores, 0
+
+    def __call__(self, pairs):
+        self.asked += len(pairs)
+        return self.scores[pairs]
+
+
+def test_screened_tars_equal_exact_ones():
+    rng = np.random.default_rng(4)
+    fars = (1e-4, 1e-3, 1e-2, 0.1, 0.3, 0.9)
+    for _ in range(150):
+        n = int(rng.integers(100, 30_000))
+        exact, labels, approx, error = _screening_case(rng, n)
+        # max_exact=n: the bands never give up, however wide they grow
+        report, fpr, tpr = screened_verification_report(approx, labels, error,
+                                                        _ExactScores(exact), fars, max_exact=n)
+        expected, _, _ = verification_report(exact, labels, fars)
+        assert report["tar_at_far"] == expected["tar_at_far"]
+        assert report["genuine"] == expected["genuine"] and report["pairs"] == n
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+
+
+def test_screened_scores_few_pairs_exactly():
+    rng = np.random.default_rng(7)
+    n = 400_000
+    labels = rng.random(n) < 0.002
+    exact = rng.standard_normal(n) * 0.1 + labels * 0.3
+    approx = exact.astype(np.float32)
+    scorer = _ExactScores(exact)
+    report, _, _ = screened_verification_report(approx, labels, 1e-7, scorer)
+    expected, _, _ = verification_report(exact, labels)
+    assert report["tar_at_far"] == expected["tar_at_far"]
+    assert scorer.asked < 0.02 * n
+
+
+def test_screened_auc_within_float32_rounding():
+    rng = np.random.default_rng(5)
+    exact = rng.standard_normal(200_000) * 0.1
+    labels = rng.random(200_000) < 0.01
+    exact[labels] += 0.25
+    approx = exact.astype(np.float32)
+    report, _, _ = screened_verification_report(approx, labels, 1e-7, lambda i: exact[i])
+    expected, _, _ = verification_report(exact, labels)
+    assert report["tar_at_far"] == expected["tar_at_far"]
+    assert report["auc"] == pytest.approx(expected["auc"], abs=1e-6)
+
+
+def test_screened_falls_back_to_all_exact_scores():
+    rng = np.random.default_rng(6)
+    exact, labels, approx, error = _screening_case(rng, 5000)
+    report, fpr, tpr = screened_verification_report(approx, labels, error, lambda i: exact[i],
+                                                    max_exact=0)
+    expected, exp_fpr, exp_tpr = verification_report(exact, labels)
+    assert report == expected
+    np.testing.assert_array_equal(fpr, exp_fpr)
+
+
+def test_screened_rejects_bad_input():
+    exact = np.array([0.1, 0.2, 0.3])
+    labels = np.array([True, False, False])
+    with pytest.raises(InputError, match="float32"):
+        screened_verification_report(exact, labels, 1e-6, lambda i: exact[i])
+    with pytest.raises(InputError, match="NaN"):
+        screened_verification_report(np.array([0.1, np.nan, 0.3], np.float32), labels, 1e-6,
+                                     lambda i: exact[i])
+    with pytest.raises(InputError, match="genuine"):
+        screened_verification_report(exact.astype(np.float32), labels & False, 1e-6,
+                                     lambda i: exact[i])
