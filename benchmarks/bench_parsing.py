@@ -120,7 +120,7 @@ def main() -> None:
         **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
         "inference": {
-            k: {"seconds_per_batch": round(t, 4), "images_per_second": round(args.batch / t, 1),
+            k: {"seconds_per_batch": round(t, 6), "images_per_second": round(args.batch / t, 1),
                 "time_ratio_vs_smp": round(t / base, 3),
                 "gmacs_per_image": round(gmacs_per_image(models[k][0], args.size, device), 3)}
             for k, t in med.items()
