@@ -15,9 +15,16 @@ Three comparisons, each measured side by side in this one process, interleaved a
    the erased pixels).
 2. ``FSErasing`` per image (the DataLoader-worker path, one thread) vs
    ``torchvision.transforms.v2.RandomErasing`` per image.
-3. ``erase_batch`` time as a share of one training step (forward, backward, SGD) of the
-   recognition backbone at the same batch: ``recognition.create_backbone("iresnet34")`` when
+3. ``erase_batch`` and a reused ``BatchFSErasing`` module (what a training loop holds) as a
+   share of one training step (forward, backward, SGD) of the
+   recognition backbone at the same batch: ``recognition.create_backbone(--network)`` when
    that package provides it, otherwise torchvision's resnet34 as a stand-in (reported).
+
+On a GPU (``--device cuda``) every timed call ends with ``torch.cuda.synchronize``; the loops
+of comparison 1 run on the CPU as in a Dataset, and once more on the GPU tensors
+(``reference_loop_on_device``). A realistic GPU step:
+``--device cuda --network iresnet50 --fp16 --channels-last`` (insightface's mixed precision:
+autocast body, float32 head, ``GradScaler``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fserasing import FSErasing, erase_batch
+from fserasing import BatchFSErasing, FSErasing, erase_batch
 from parsing.labels import FSE25
 
 FACE = torch.tensor(FSE25.groups["face"])
@@ -83,13 +90,13 @@ def reference_loop(images: torch.Tensor, masks: torch.Tensor, n_erase: tuple[int
     weights[FACE] = 1.0
     c, h, w = images.shape[1:]
     for img, label in zip(images, masks, strict=True):
-        onehot = torch.zeros(num_classes, h, w, dtype=torch.long)
+        onehot = torch.zeros(num_classes, h, w, dtype=torch.long, device=images.device)
         for k in range(num_classes):
             onehot[k] = torch.where(label == k, 1, 0)
         onehot = onehot.bool()
         n = int(torch.randint(n_erase[0], n_erase[1] + 1, (1,)))
         for k in weights.multinomial(n, replacement=False):
-            noise = torch.empty(c, h, w).normal_()
+            noise = torch.empty(c, h, w, device=images.device).normal_()
             img = torch.where(onehot[k], noise, img)
         out.append(img)
     return torch.stack(out)
@@ -127,11 +134,13 @@ def compare(cases: dict[str, Callable[[], object]], repeats: int,
             for name, t in times.items()}
 
 
-def training_step_model(device: torch.device) -> tuple[nn.Module, str]:
+def training_step_model(device: torch.device, network: str = "iresnet34", **kwargs
+                        ) -> tuple[nn.Module, str]:
     try:
         import recognition
-        model = recognition.create_backbone("iresnet34")
-        name = "recognition.create_backbone('iresnet34')"
+        model = recognition.create_backbone(network, **kwargs)
+        options = "".join(f", {k}={v}" for k, v in kwargs.items())
+        name = f"recognition.create_backbone({network!r}{options})"
     except (ImportError, AttributeError):
         import torchvision
         model = torchvision.models.resnet34(num_classes=512)
@@ -150,6 +159,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-step", action="store_true", help="skip comparison 3")
+    parser.add_argument("--network", default="iresnet34", help="backbone of comparison 3")
+    parser.add_argument("--fp16", action="store_true",
+                        help="comparison 3 in mixed precision (CUDA: float16 + GradScaler)")
+    parser.add_argument("--channels-last", action="store_true", help="comparison 3")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,6 +178,8 @@ def main() -> None:
         "allocator": {k: os.environ.get(k) for k in ALLOCATOR_VARS},
         "erased_fraction": None,
     }
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
 
     # 1. batched vs per-sample loops (the loops run on the CPU, as in a Dataset)
     dev_images, dev_masks = images.to(device), masks.to(device)
@@ -172,12 +187,15 @@ def main() -> None:
     options = {"p": 1.0, "n_erase": n_erase, "fill": "random", "generator": dev_g}
     erased = erase_batch(dev_images, dev_masks, **options)
     results["erased_fraction"] = float((erased != dev_images).any(1).float().mean())
-    batched = compare({
+    cases = {
         "reference_loop": lambda: reference_loop(images, masks, n_erase),
         "lean_loop": lambda: lean_loop(images, masks, n_erase),
         "erase_batch": lambda: erase_batch(dev_images, dev_masks, **options),
-    }, args.repeats, sync)
-    for name in ("reference_loop", "lean_loop"):
+    }
+    if device.type != "cpu":
+        cases["reference_loop_on_device"] = lambda: reference_loop(dev_images, dev_masks, n_erase)
+    batched = compare(cases, args.repeats, sync)
+    for name in sorted(cases.keys() - {"erase_batch"}):
         batched[f"speedup_vs_{name}"] = (batched[name]["median_s"]
                                          / batched["erase_batch"]["median_s"])
     results["batched"] = batched
@@ -202,24 +220,39 @@ def main() -> None:
 
     # 3. share of one training step
     if not args.skip_step:
-        model, name = training_step_model(device)
+        amp = args.fp16 and device.type == "cuda"
+        model, name = training_step_model(device, args.network, **({"fp16": True} if amp else {}))
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        model.to(memory_format=memory_format)
+        step_images = dev_images.contiguous(memory_format=memory_format)
         head = nn.Linear(512, 1000).to(device)
         opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)
         labels = torch.randint(1000, (args.batch,), generator=g).to(device)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(head(model(dev_images)), labels)
-            loss.backward()
-            opt.step()
+            loss = nn.functional.cross_entropy(head(model(step_images).float()), labels)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         step_times = [timed(step, sync) for _ in range(args.steps + 1)][1:]
+        # a training loop holds one module (recognition.augment does): its class tables stay
+        # on the device, where erase_batch builds a RegionEraser and copies them every call
+        module = BatchFSErasing(**options)
+        module(dev_images, dev_masks)
         erase_times = [timed(lambda: erase_batch(dev_images, dev_masks, **options), sync)
                        for _ in range(args.repeats)]
+        module_times = [timed(lambda: module(dev_images, dev_masks), sync)
+                        for _ in range(args.repeats)]
         step_s, erase_s = statistics.median(step_times), statistics.median(erase_times)
+        module_s = statistics.median(module_times)
         results["training_step"] = {
-            "model": name, "step_s": step_s, "step_times_s": step_times,
-            "erase_batch_s": erase_s, "share_of_step": erase_s / step_s}
+            "model": name, "channels_last": args.channels_last, "step_s": step_s,
+            "step_times_s": step_times,
+            "erase_batch_s": erase_s, "share_of_step": erase_s / step_s,
+            "BatchFSErasing_s": module_s, "module_share_of_step": module_s / step_s}
 
     print(json.dumps(results, indent=2))
     if args.json:

@@ -12,15 +12,22 @@
 2. One IResNet-34 training step (forward, backward, SGD; a 1000-way linear head + CE) at the
    same batch, from ``recognition.create_backbone`` when that package is installed: the
    ratio says whether masks can be computed on the fly during recognition training.
+
+``--device cuda`` runs both on the GPU (every timed call ends with ``torch.cuda.synchronize``);
+``--amp bf16|fp16`` runs every model, ours and smp alike, and the training step under
+``torch.autocast`` (fp16 training with a ``GradScaler``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,21 +35,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from parsing.models import create_model, fuse_batchnorm
 
 
-def gmacs_per_image(model: torch.nn.Module, size: int) -> float:
+def gmacs_per_image(model: torch.nn.Module, size: int, device: torch.device) -> float:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size, device=device))
     return counter.get_total_flops() / 2e9
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+def interleaved(fns: dict, repeats: int, sync: Callable[[], None] = lambda: None
+                ) -> dict[str, float]:
     """Median seconds per call of each fn, runs interleaved so load changes hit all alike."""
     for fn in fns.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -53,21 +63,35 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast dtype for every model (default: none, float32)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args()
     import segmentation_models_pytorch as smp
 
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    x = torch.randn(args.batch, 3, args.size, args.size).to(device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def ours(channels_last: bool = False, fuse: bool = False, **kw) -> torch.nn.Module:
         model = create_model("unet_r18", num_classes=25, **kw).eval()
         model = fuse_batchnorm(model) if fuse else model
+        model = model.to(device)
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
+    smp_unet = smp.Unet("resnet18", encoder_weights=None, classes=25).eval().to(device)
     models = {
-        "smp_unet_resnet18": (smp.Unet("resnet18", encoder_weights=None, classes=25).eval(), x),
+        "smp_unet_resnet18": (smp_unet, x),
         "unet_r18": (ours(), x),
         "unet_r18_channels_last": (ours(channels_last=True), x_cl),
         "unet_r18_fused_bn": (ours(fuse=True), x),
@@ -77,23 +101,28 @@ def main() -> None:
         "unet_r18_width48_fused_bn_channels_last": (ours(True, fuse=True, width=48), x_cl),
         "unet_r18_width32_fused_bn_channels_last": (ours(True, fuse=True, width=32), x_cl),
     }
+    if device.type == "cuda":  # on a GPU channels-last is the usual first step for smp too
+        models["smp_unet_resnet18_channels_last"] = (
+            copy.deepcopy(smp_unet).to(memory_format=torch.channels_last), x_cl)
 
     def run(model, inp):
         def fn():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 model(inp)
         return fn
 
-    med = interleaved({k: run(m, i) for k, (m, i) in models.items()}, args.repeats)
+    med = interleaved({k: run(m, i) for k, (m, i) in models.items()}, args.repeats, sync)
     base = med["smp_unet_resnet18"]
     result: dict = {
         "batch": args.batch, "size": args.size, "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "device": str(device), "amp": args.amp,
+        "torch": torch.__version__,
+        **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "malloc_tuned": os.environ.get("MALLOC_MMAP_MAX_") == "0",
         "inference": {
-            k: {"seconds_per_batch": round(t, 4), "images_per_second": round(args.batch / t, 1),
+            k: {"seconds_per_batch": round(t, 6), "images_per_second": round(args.batch / t, 1),
                 "time_ratio_vs_smp": round(t / base, 3),
-                "gmacs_per_image": round(gmacs_per_image(models[k][0], args.size), 3)}
+                "gmacs_per_image": round(gmacs_per_image(models[k][0], args.size, device), 3)}
             for k, t in med.items()
         },
     }
@@ -105,21 +134,24 @@ def main() -> None:
     if recognition is None or not hasattr(recognition, "create_backbone"):
         result["iresnet34_train_step"] = "skipped: recognition.create_backbone is not available"
     else:
-        backbone = recognition.create_backbone("iresnet34").train()
-        head = torch.nn.Linear(512, 1000)
+        backbone = recognition.create_backbone("iresnet34").train().to(device)
+        head = torch.nn.Linear(512, 1000).to(device)
         params = list(backbone.parameters()) + list(head.parameters())
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-        labels = torch.randint(0, 1000, (args.batch,))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        labels = torch.randint(0, 1000, (args.batch,)).to(device)
         parser = models["unet_r18_fused_bn_channels_last"][0]
 
         def train_step():
-            loss = torch.nn.functional.cross_entropy(head(backbone(x)), labels)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(head(backbone(x)), labels)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         med2 = interleaved({"iresnet34_train_step": train_step, "parse_batch": run(parser, x_cl)},
-                           max(2, args.repeats // 2))
+                           max(2, args.repeats // 2), sync)
         result["iresnet34_train_step"] = {
             "train_step_seconds": round(med2["iresnet34_train_step"], 4),
             "parse_seconds": round(med2["parse_batch"], 4),

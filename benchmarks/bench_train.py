@@ -12,6 +12,11 @@ median of the per-round ratios.
 Run (allocator setting of SPEC §8):
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \\
     python benchmarks/bench_train.py --network iresnet18 --batch-size 16 --rounds 10 --steps 1
+
+On a GPU (``--device cuda``) both loops run there, every timed step ends with
+``torch.cuda.synchronize``, and ``--fp16`` (insightface's mixed precision: autocast body,
+float32 head, ``GradScaler`` for float16), ``--channels-last`` and ``--workers`` (DataLoader
+processes for our loop; the baseline needs none) make it the usual GPU setting.
 """
 
 from __future__ import annotations
@@ -39,21 +44,31 @@ from recognition.train import Trainer  # noqa: E402
 class MinimalLoop:
     """The hand-written baseline."""
 
-    def __init__(self, network: str, num_classes: int, batch_size: int, lr: float) -> None:
+    def __init__(self, network: str, num_classes: int, batch_size: int, lr: float,
+                 device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+                 channels_last: bool = False) -> None:
+        device = torch.device(device)
         torch.manual_seed(0)
-        self.backbone = create_backbone(network)
-        self.head = PartialFC(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 512, num_classes)
+        kwargs = {} if amp_dtype is None else {"fp16": True, "amp_dtype": amp_dtype}
+        self.backbone = create_backbone(network, **kwargs).to(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=memory_format)
+        self.head = PartialFC(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 512, num_classes).to(device)
         self.opt = torch.optim.SGD([{"params": self.backbone.parameters()},
                                     {"params": self.head.parameters()}],
                                    lr=lr, momentum=0.9, weight_decay=5e-4)
-        self.x = torch.randn(batch_size, 3, 112, 112).clamp(-1, 1)
-        self.y = torch.randint(0, num_classes, (batch_size,))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.x = torch.randn(batch_size, 3, 112, 112).clamp(-1, 1).to(
+            device, memory_format=memory_format)
+        self.y = torch.randint(0, num_classes, (batch_size,)).to(device)
 
     def step(self) -> None:
-        loss = self.head(self.backbone(self.x), self.y)
-        loss.backward()
+        loss = self.head(self.backbone(self.x).float(), self.y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), 5.0)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
 
 
@@ -74,11 +89,13 @@ class OurLoop:
         self.trainer.train_step(batch)
 
 
-def timed(fn) -> tuple[float, float]:
+def timed(fn, sync=lambda: None) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the
     steadier of the two."""
+    sync()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    sync()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -107,30 +124,51 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="steps per loop per round")
     ap.add_argument("--augs", default="none,fserasing")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--fp16", action="store_true", help="mixed precision (CUDA), both loops")
+    ap.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
+    ap.add_argument("--channels-last", action="store_true", help="both loops")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of our loop")
+    ap.add_argument("--identities", type=int, default=64, help="synthetic identities (x4 faces)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.fp16 and device.type == "cuda" else None
     if os.environ.get("MALLOC_MMAP_MAX_") != "0":
         print("note: MALLOC_MMAP_MAX_=0 etc. not set (SPEC §8); timings will be noisier",
               file=sys.stderr)
     results = {"network": args.network, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "rounds": args.rounds,
-               "steps_per_round": args.steps, "cpu_count": os.cpu_count()}
+               "steps_per_round": args.steps, "cpu_count": os.cpu_count(),
+               "device": str(device), "torch": torch.__version__,
+               "amp_dtype": None if amp_dtype is None else args.amp_dtype,
+               "channels_last": args.channels_last, "workers": args.workers,
+               "identities": args.identities}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(Path(tmp) / "faces", 64, 4, seed=0, workers=1, progress=False)
+        data = write_dataset(Path(tmp) / "faces", args.identities, 4, seed=0,
+                             workers=max(1, args.workers), progress=False)
         for aug in args.augs.split(","):
             cfg = TrainConfig(rec=str(data), network=args.network, batch_size=args.batch_size,
-                              num_epoch=1, aug=aug, num_workers=0, output=str(Path(tmp) / aug),
+                              num_epoch=1, aug=aug, num_workers=args.workers,
+                              output=str(Path(tmp) / aug), device=str(device),
+                              fp16=amp_dtype is not None, amp_dtype=args.amp_dtype,
+                              channels_last=args.channels_last,
                               fserasing={"p": 0.5, "n_erase": (1, 3)}, lr=0.01,
                               masks="labels" if aug == "fserasing" else None)
             ours = OurLoop(cfg)
-            base = MinimalLoop(args.network, ours.trainer.num_classes, args.batch_size, 0.01)
-            base.step(), ours.step()  # warm-up
+            base = MinimalLoop(args.network, ours.trainer.num_classes, args.batch_size, 0.01,
+                               device, amp_dtype, args.channels_last)
+            for _ in range(1 if device.type == "cpu" else 3):  # warm-up (cuDNN autotuning)
+                base.step(), ours.step()
             t_base, t_ours = [], []
             for _ in range(args.rounds):
-                t_base += [timed(base.step) for _ in range(args.steps)]
-                t_ours += [timed(ours.step) for _ in range(args.steps)]
+                t_base += [timed(base.step, sync) for _ in range(args.steps)]
+                t_ours += [timed(ours.step, sync) for _ in range(args.steps)]
             results[aug] = summary(t_base, t_ours, args.batch_size)
             for clock in ("wall", "cpu"):
                 r = results[aug][clock]

@@ -488,7 +488,9 @@ def _region_means(images: torch.Tensor, masks: torch.Tensor, k: int) -> torch.Te
     """(B, K, C) float32 mean colour of every class region of every image."""
     b, c = images.shape[:2]
     idx = masks.flatten(1).long()
-    values = _as_float(images).flatten(2)
+    # float32 sums and counts: in half precision counts stop at 2048 (bfloat16: 256) and
+    # CUDA's atomic adds round every partial sum
+    values = images.flatten(2).float()
     sums = values.new_zeros(b, c, _IDS).scatter_add_(2, idx[:, None].expand(b, c, -1), values)
     counts = values.new_zeros(b, _IDS).scatter_add_(1, idx, values.new_ones(idx.shape))
     return (sums / counts.clamp(min=1)[:, None])[..., :k].transpose(1, 2)

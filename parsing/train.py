@@ -245,7 +245,8 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
         model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
-        scaler.load_state_dict(resume_ckpt["scaler"])
+        if resume_ckpt["scaler"]:  # empty when saved without AMP (a run begun on the CPU)
+            scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch, best_f1 = resume_ckpt["epoch"], resume_ckpt["best_mean_f1"]
         history = list(resume_ckpt["history"])
         log.info("resuming %s after epoch %d", args.out, start_epoch)

@@ -114,7 +114,11 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator,
                          "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    generator.set_state(state["augment"])
+    if state["augment"].numel() == generator.get_state().numel():
+        generator.set_state(state["augment"])
+    else:  # saved by a generator on another kind of device (CPU and CUDA states differ)
+        log.warning("resuming on %s a run saved on another device: the augmentation draws "
+                    "restart from the seed", device)
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -157,6 +161,8 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(cfg.device or (
             f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:  # "--device cuda"
+            self.device = torch.device("cuda", self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world_size > 1 and not dist.is_initialized():
@@ -234,7 +240,9 @@ class Trainer:
         try:
             self.backbone = create_backbone(cfg.network, **kwargs).to(self.device)
         except TypeError as exc:
-            raise InputError(f"network {cfg.network!r} with {kwargs}: {exc}") from None
+            hint = (" (mixed precision passes fp16= and amp_dtype= to the backbone, as "
+                    "insightface does)") if self.amp else ""
+            raise InputError(f"network {cfg.network!r} with {kwargs}: {exc}{hint}") from None
         if cfg.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.backbone
@@ -354,7 +362,8 @@ class Trainer:
                                  if k < self._n_backbone_params}, **optim["state"]}
         self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without float16 AMP (e.g. begun on the CPU)
+            self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(own["rng"], self.generator, self.device)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]

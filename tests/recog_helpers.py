@@ -5,13 +5,17 @@ import torch
 from torch import nn
 
 from recognition.backbones import register_backbone
+from recognition.backbones._utils import body_autocast
 
 
 class TinyNet(nn.Module):
-    """8x8 average pool -> small MLP (optionally a BatchNorm) -> embedding."""
+    """8x8 average pool -> small MLP (optionally a BatchNorm) -> embedding; ``fp16`` and
+    ``amp_dtype`` as the built-in backbones (the Trainer passes them for ``--fp16`` on CUDA)."""
 
-    def __init__(self, num_features: int = 512, hidden: int = 32, batch_norm: bool = True):
+    def __init__(self, num_features: int = 512, hidden: int = 32, batch_norm: bool = True,
+                 fp16: bool = False, amp_dtype: torch.dtype = torch.float16):
         super().__init__()
+        self.fp16, self.amp_dtype = fp16, amp_dtype
         self.pool = nn.AdaptiveAvgPool2d(8)
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(8) if batch_norm else nn.Identity()
@@ -20,8 +24,11 @@ class TinyNet(nn.Module):
         self.fc2 = nn.Linear(hidden, num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn(self.conv(self.pool(x))))
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        with body_autocast(x, self.fp16, self.amp_dtype):
+            x = self.act(self.bn(self.conv(self.pool(x)))).flatten(1)
+        if self.fp16:
+            x = x.float()
+        return self.fc2(torch.relu(self.fc1(x)))
 
 
 @register_backbone

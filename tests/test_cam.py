@@ -365,7 +365,9 @@ def test_fscam_equals_the_reference_loop(mode):
             torch.testing.assert_close(result.region_scores[b], expected, equal_nan=True)
             painted = expected.nan_to_num(0).relu()[labels[b].long()]
             assert torch.allclose(result.raw[b], painted)
-            assert torch.allclose(result.map[b], minmax(painted))
+            # scores of 0.163-0.165 leave min-max amplifying float rounding 500x: compare
+            # the map with the raw map it is made from
+            torch.testing.assert_close(result.map[b], minmax(result.raw[b]))
             assert torch.isclose(result.scores[b], probs[cls])
 
 

@@ -190,6 +190,22 @@ def test_device_dtype_and_batch_shape_kept(device, fill):
         torch.testing.assert_close(same, out)  # means may sum in another order
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_region_mean_of_half_precision_images_is_summed_in_float32(device, dtype):
+    # regions of thousands of pixels: half-precision sums (CUDA's atomics) drift and
+    # half-precision counts stop at 2048 (bfloat16: 256)
+    images, masks = _faces(2, 112)
+    images, masks = images.to(device), masks.to(device)
+    kw = {"p": 1.0, "n_erase": 3, "classes": [1, 2, 3, 21], "fill": "region_mean"}
+    got = erase_batch(images.to(dtype), masks, **kw,
+                      generator=torch.Generator(device=device).manual_seed(0))
+    want = erase_batch(images.to(dtype).float(), masks, **kw,
+                       generator=torch.Generator(device=device).manual_seed(0))
+    assert got.dtype == dtype and (got != images.to(dtype)).any()
+    torch.testing.assert_close(got, want.to(dtype))
+
+
 # -- fills against a per-sample reference loop -------------------------------------------
 
 

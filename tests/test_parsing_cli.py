@@ -45,7 +45,8 @@ def test_train_writes_checkpoints_history_and_tensorboard(trained):
     assert list((trained / "tb").glob("events.out.tfevents.*"))
 
 
-def test_resume_continues_exactly(trained, synth_dir, tmp_path, monkeypatch):
+def _interrupt_after_epoch_1(synth_dir, out, monkeypatch):
+    """Start the CPU run of ``_train_args`` in ``out`` and stop it after epoch 1's checkpoint."""
     class Interrupted(Exception):
         pass
 
@@ -58,16 +59,31 @@ def test_resume_continues_exactly(trained, synth_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "atomic_save", save_then_stop)
     with pytest.raises(Interrupted):
-        train_mod.main([*_train_args(synth_dir), "--out", str(tmp_path / "resumed")])
+        train_mod.main([*_train_args(synth_dir), "--out", str(out)])
     monkeypatch.setattr(train_mod, "atomic_save", real_save)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
-    assert train_mod.main(["--out", str(tmp_path / "resumed"), "--resume", "--workers", "0"]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_resume_continues_exactly(trained, synth_dir, tmp_path, monkeypatch):
+    _interrupt_after_epoch_1(synth_dir, tmp_path / "resumed", monkeypatch)
+    # the device is not a run setting: exact continuation needs the run's device again
+    assert train_mod.main(["--out", str(tmp_path / "resumed"), "--resume", "--workers", "0",
+                           "--device", "cpu"]) == 0
     a = load_checkpoint(trained / "last.pt")  # the same run, uninterrupted
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert b["epoch"] == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_begun_on_cpu_resumes_on_cuda(synth_dir, tmp_path, monkeypatch):
+    _interrupt_after_epoch_1(synth_dir, tmp_path / "run", monkeypatch)
+    assert train_mod.main(["--out", str(tmp_path / "run"), "--resume", "--workers", "0",
+                           "--device", "cuda"]) == 0  # AMP on from here: a fresh GradScaler
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["scaler"]
 
 
 def test_evaluate_json_f1_agrees_with_its_confusion_matrix(trained, synth_dir, tmp_path, capsys):

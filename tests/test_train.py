@@ -176,7 +176,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, faces):
     reduced in a different order, so weights agree to float rounding, not bit for bit.
     """
     common = ["--data", str(faces), "--network", "tiny_nobn", *TINY, "--epochs", "1",
-              "--aug", "none", "--no-flip", "--seed", "1", "--lr", "0.5"]
+              "--aug", "none", "--no-flip", "--seed", "1", "--lr", "0.5", "--device", "cpu"]
     two = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "recognition.train", *common, "--batch-size", "4", "--out",
@@ -225,6 +225,21 @@ def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
     assert main([*args, "--skip-bad"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped"] == 1 and summary["global_step"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_cuda_without_an_index_and_a_cpu_run_resumed_in_float16(tmp_path, faces):
+    args = ["--data", str(faces), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
+            "--epochs", "1", "--aug", "fserasing", "--aug-p", "1"]
+    # "--device cuda" is the process's GPU (cuda:LOCAL_RANK)
+    assert main([*args, "--device", "cuda", "--fp16", "--channels-last",
+                 "--out", str(tmp_path / "gpu")]) == 0
+    gpu = torch.load(tmp_path / "gpu" / "checkpoint.pt", weights_only=True)
+    assert gpu["global_step"] == 3 and gpu["scaler"]["scale"] > 0
+    # a run saved without float16 AMP has an empty GradScaler state
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    assert not torch.load(tmp_path / "cpu" / "checkpoint.pt", weights_only=True)["scaler"]
+    assert main(["--resume", str(tmp_path / "cpu"), "--device", "cuda", "--fp16"]) == 0
 
 
 @pytest.mark.parametrize("extra", [
