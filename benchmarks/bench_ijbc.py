@@ -243,6 +243,7 @@ def main() -> None:
     parser.add_argument("--shuffle", action="store_true",
                         help="images and pairs in random order instead of grouped by template")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median counts)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
@@ -262,10 +263,19 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
 
     memory, wall, cpu, stages, stages_cpu, results = {}, {}, {}, {}, {}, {}
-    with peak_memory(memory, "ours"), timed(wall, "ours", cpu):
-        results["ours"] = ours_tar_table(*inputs, stages=stages, stages_cpu=stages_cpu)
+    runs = []  # ours takes ~1 s: repeated, the median run counts (the first gives the peak)
+    for _ in range(args.repeats):
+        run_wall, run_cpu, run_stages, run_stages_cpu = {}, {}, {}, {}
+        with peak_memory(memory if not runs else {}, "ours"), timed(run_wall, "ours", run_cpu):
+            results["ours"] = ours_tar_table(*inputs, stages=run_stages,
+                                             stages_cpu=run_stages_cpu)
+        runs.append((run_wall["ours"], run_cpu["ours"], run_stages, run_stages_cpu))
+        print(f"  ours run {len(runs)}: {run_wall['ours']:.2f} s wall {run_cpu['ours']:.2f} s cpu")
+    wall["ours"], cpu["ours"], stages, stages_cpu = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+    summary_runs = [r[0] for r in runs]
     for name, seconds in stages.items():
-        print(f"  ours: {name:22s} {seconds:6.2f} s wall {stages_cpu[name]:6.2f} s cpu")
+        print(f"  ours (median run): {name:22s} {seconds:6.2f} s wall "
+              f"{stages_cpu[name]:6.2f} s cpu")
     if not args.skip_reference:
         with peak_memory(memory, "reference"), timed(wall, "reference", cpu):
             results["reference"] = reference_tar_table(*inputs)
@@ -277,7 +287,7 @@ def main() -> None:
               + f"  {roc_auc:.6f} {wall[name]:9.2f} {cpu[name]:8.2f} {memory[name]:8.0f}")
     summary = {"counts": counts, "order": "shuffled" if args.shuffle else "grouped",
                "wall_s": wall, "cpu_s": cpu, "peak_mb": memory, "ours_stages_wall_s": stages,
-               "ours_stages_cpu_s": stages_cpu,
+               "ours_stages_cpu_s": stages_cpu, "ours_runs_wall_s": summary_runs,
                "tar_at_far": {far_key(f): float(t)
                               for f, t in zip(FARS, results["ours"][1], strict=True)},
                "auc": results["ours"][2]}

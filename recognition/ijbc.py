@@ -12,9 +12,11 @@ Reads the public evaluation layout::
 and scores from image features with the protocol of insightface's ``eval_ijbc.py``: optional
 L2 normalisation and faceness weighting per image, mean per media, sum of the media means per
 template, L2 normalisation, cosine of template pairs, ROC over all pairs, TAR at each FAR
-taken at the ROC point whose FAR is nearest. Everything is vectorised: one scatter-add for the
-templates, blocked matrix products for the pairs and one sort for the ROC, all in bounded
-memory (IJB-C: 469,375 images, 15,658,489 pairs).
+taken at the ROC point whose FAR is nearest. Everything is vectorised and in bounded memory
+(IJB-C: 469,375 images, 15,658,489 pairs): one scatter-add for the templates, blocked float32
+matrix products for the pairs, and a histogram of the impostor scores in which only the
+genuine pairs and the impostors near each target FAR are rescored in float64, so that the
+TARs are those of the float64 scores.
 """
 
 from __future__ import annotations
@@ -295,7 +297,7 @@ def template_features(
     medias: np.ndarray,
     faceness: torch.Tensor | np.ndarray | None = None,
     use_norm_score: bool = False,
-    chunk_size: int = 512,
+    chunk_size: int = 2048,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Aggregate image features (N, D) into L2-normalised template features (T, D) float64.
 
@@ -333,13 +335,9 @@ def template_features(
     chunk = torch.empty(min(chunk_size, len(feats)), feats.shape[1], dtype=torch.float64,
                         device=device)
     for start in range(0, len(feats), chunk_size):
-        x = chunk[:len(feats[start:start + chunk_size])]
+        x = chunk[:len(feats[start:start + chunk_size])].copy_(feats[start:start + chunk_size])
         w = weight_t[start:start + chunk_size, None]
-        if use_norm_score:
-            torch.mul(feats[start:start + chunk_size], w, out=x)
-        else:
-            x.copy_(feats[start:start + chunk_size])
-            x.mul_(w / _safe_norm(x))
+        x.mul_(w if use_norm_score else w / _safe_norm(x))
         out.index_add_(0, index_t[start:start + chunk_size], x)
     return unique_templates, out.div_(_safe_norm(out))
 

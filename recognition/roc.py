@@ -198,6 +198,7 @@ class _ImpostorHistogram:
         counts = np.bincount(self.bins, minlength=n_bins + 1)[:n_bins]
         # at_or_above[b]: impostors in bins >= b (one extra zero for b = n_bins)
         self.at_or_above = np.concatenate((np.cumsum(counts[::-1])[::-1], [0]))
+        self._descending = -self.at_or_above[:-1]  # ascending, for searchsorted
 
     def _bins(self, scores: np.ndarray) -> np.ndarray:
         b = np.subtract(scores, self.low, dtype=np.float32)
@@ -215,7 +216,7 @@ class _ImpostorHistogram:
 
     def score_below(self, rank: float) -> float:
         """An approximate score with about ``rank`` impostors above it (-inf past the last)."""
-        b = np.searchsorted(-self.at_or_above[:-1], -rank, side="right") - 1
+        b = np.searchsorted(self._descending, -rank, side="right") - 1
         if b < 0:
             return -np.inf
         return float(self.low) + (b / float(self.scale) if self.scale > 0 else 0.0)
