@@ -107,7 +107,6 @@ def verification_report(scores: np.ndarray, labels: np.ndarray, fars=FARS
     return report, fpr, tpr
 
 
-
 def screened_verification_report(
     approx: np.ndarray,
     labels: np.ndarray,
@@ -146,7 +145,8 @@ def screened_verification_report(
         raise InputError("scores contain NaN or infinite values")
     max_exact = len(approx) // 16 if max_exact is None else max_exact
 
-    hist = _ImpostorHistogram(approx, genuine, n_bins=int(np.clip(len(approx) // 8, 1024, 1 << 21)))
+    n_bins = int(np.clip(len(approx) // 8, 1024, 1 << 21))
+    hist = _ImpostorHistogram(approx, genuine, n_bins)
     bands = [_Band.around(far, 64, 2, hist, genuine_desc, error) for far in fars]
     flagged = np.zeros(hist.n_bins + 1, dtype=bool)  # bin n_bins holds the genuine pairs
     flagged[hist.bin_of(genuine_desc)] = True
@@ -158,13 +158,15 @@ def screened_verification_report(
     for band in bands:
         inside = candidates[(candidate_bins >= band.first_bin)
                             & (candidate_bins <= band.last_bin)]
-        while (tar := band.tar(hist, genuine_desc, inside, exact, max_exact)) is None:
+        while len(inside) <= max_exact:
+            if (tar := band.tar(hist, genuine_desc, inside, exact)) is not None:
+                tars.append(tar)
+                break
             band = band.widened(hist, genuine_desc, error)
             inside = np.flatnonzero((hist.bins >= band.first_bin)
                                     & (hist.bins <= band.last_bin))
-        if tar < 0:  # the band outgrew max_exact
+        else:  # the band outgrew max_exact
             return verification_report(np.asarray(exact(np.arange(len(approx)))), labels, fars)
-        tars.append(tar)
 
     above, tied = hist.impostors_above(genuine_desc, approx[candidates], candidate_bins)
     # the trapezoidal AUC in its Mann-Whitney form: impostors below count 1, tied ones 1/2
@@ -274,11 +276,9 @@ class _Band:
                             error)
 
     def tar(self, hist: _ImpostorHistogram, genuine_desc: np.ndarray, impostors: np.ndarray,
-            exact: Callable[[np.ndarray], np.ndarray], max_exact: int) -> float | None:
-        """The TAR at ``far`` from the exact scores of the band's impostors (pair indices);
-        None if the band is too narrow to tell, -1 if it needs more than ``max_exact``."""
-        if len(impostors) > max_exact:
-            return -1.0
+            exact: Callable[[np.ndarray], np.ndarray]) -> float | None:
+        """The TAR at ``far`` from the exact scores of the band's impostors (pair indices),
+        or None if the band is too narrow to tell."""
         n_neg, n_pos = int(hist.at_or_above[0]), len(genuine_desc)
         scores = np.asarray(exact(impostors), dtype=np.float64)
         impostors_above = int(hist.above_bin(self.last_bin)) + int(np.sum(scores > self.high))
