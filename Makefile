@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
 PARSER_EPOCHS ?= 3
 RECOG_EPOCHS ?= 8
-# glibc would map/unmap every >32 MB tensor (SPEC §8): keep freed memory instead (1.2-1.8x on CPU).
+# glibc would map/unmap every >32 MB tensor (reference §8): keep freed memory instead (1.2-1.8x on CPU).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_ ?= 1073741824
@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	@# Real-photo tools (SPEC §7): MediaPipe must go in --no-deps, with these four beside it.
+	@# Real-photo tools (reference §7): MediaPipe must go in --no-deps, with these four beside it.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt \
 		mediapipe facenet-pytorch absl-py attrs flatbuffers protobuf
 	touch $(STAMP)

@@ -9,7 +9,7 @@
 * recolour of the lips of a batch of astronaut photos: ours (kornia Lab on the pixels the
   feathered mask reaches, batched) vs a per-image scikit-image/scipy full-image reference;
 * ``--synth DIR ...`` (``python -m parsing.synth`` layout: images/, labels_25/): Face Mesh and
-  MTCNN detection rates, and per-class F1 (SPEC §2.5, one confusion matrix over the set) of
+  MTCNN detection rates, and per-class F1 (reference §2.5, one confusion matrix over the set) of
   the landmark skin regions 1-9 against the true ones. The true label map is the base with
   its skin regions merged into "skin", so only the landmark split of the skin is measured.
 """
@@ -26,12 +26,12 @@ import torch
 from scipy import ndimage
 from skimage import color as skcolor
 
-from parsing.annotate import annotate, landmark_regions
-from parsing.edit import recolor
-from parsing.io import read_image, read_label_map
-from parsing.labels import FSE25, convert
-from parsing.landmarks import detect_faces, face_mesh
-from parsing.photos import PHOTOS, load_photo
+from parsing.core.io import read_image, read_label_map
+from parsing.core.labels import FSE25, convert
+from parsing.photos.annotate import annotate, landmark_regions
+from parsing.photos.edit import recolor
+from parsing.photos.landmarks import detect_faces, face_mesh
+from parsing.photos.packaged import PHOTOS, load_photo
 
 
 def _best_time(fn, repeats: int) -> float:

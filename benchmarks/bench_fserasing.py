@@ -1,6 +1,6 @@
 """FSErasing speed: batched vs per-sample loops, per-sample vs RandomErasing, share of a step.
 
-Run from the repository root (export the allocator setting of SPEC §8 first):
+Run from the repository root (export the allocator setting of reference §8 first):
 
     python -m benchmarks.bench_fserasing --json runs/bench/fserasing.json
 
@@ -8,7 +8,7 @@ Three comparisons, each measured side by side in this one process, interleaved a
 (the median is reported, the minimum beside it):
 
 1. ``erase_batch`` on a (128, 3, 112, 112) batch vs two per-sample Python loops of the
-   reference algorithm (SPEC §3: per image, choose n classes, fill them with per-pixel N(0, 1)
+   reference algorithm (reference §3: per image, choose n classes, fill them with per-pixel N(0, 1)
    noise): ``reference_loop`` keeps the published code's structure (a one-hot map of every
    class per image, a full-size noise image per chosen class, ``torch.where``);
    ``lean_loop`` is the same algorithm written tightly (one ``isin`` per image, noise only for
@@ -44,7 +44,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fserasing import BatchFSErasing, FSErasing, erase_batch
-from parsing.labels import FSE25
+from parsing.core.labels import FSE25
 
 FACE = torch.tensor(FSE25.groups["face"])
 ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -84,7 +84,7 @@ def face_like_masks(b: int, size: int, generator: torch.Generator) -> torch.Tens
 
 def reference_loop(images: torch.Tensor, masks: torch.Tensor, n_erase: tuple[int, int],
                    num_classes: int = 25) -> torch.Tensor:
-    """SPEC §3 as published: per image a one-hot of every class, full-size noise per class."""
+    """reference §3 as published: per image a one-hot of every class, full-size noise per class."""
     out = []
     weights = torch.zeros(num_classes)
     weights[FACE] = 1.0

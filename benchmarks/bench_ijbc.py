@@ -33,8 +33,18 @@ import sklearn.metrics
 import sklearn.preprocessing
 import torch
 
-from recognition.ijbc import float32_dot_error, pair_scores, template_features, template_rows
-from recognition.roc import FARS, far_key, screened_verification_report, verification_report
+from recognition.evaluation.ijbc import (
+    float32_dot_error,
+    pair_scores,
+    template_features,
+    template_rows,
+)
+from recognition.evaluation.roc import (
+    FARS,
+    far_key,
+    screened_verification_report,
+    verification_report,
+)
 
 IJBC = {"images": 469_375, "subjects": 3_531, "probes": 19_593, "pairs": 15_658_489,
         "genuine": 19_557}

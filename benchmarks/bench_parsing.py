@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from parsing.models import create_model, fuse_batchnorm
+from parsing.parser.models import create_model, fuse_batchnorm
 
 
 def gmacs_per_image(model: torch.nn.Module, size: int, device: torch.device) -> float:

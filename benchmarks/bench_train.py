@@ -9,7 +9,7 @@ maps for FSErasing) of a ``parsing.synth`` folder, ``Trainer.train_step`` normal
 the medians of the step times (wall clock and process CPU time) are compared, as is the
 median of the per-round ratios.
 
-Run (allocator setting of SPEC §8):
+Run (allocator setting of reference §8):
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \\
     python benchmarks/bench_train.py --network iresnet18 --batch-size 16 --rounds 10 --steps 1
 
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parsing.synth import write_dataset  # noqa: E402
 from recognition.backbones import create_backbone  # noqa: E402
-from recognition.config import TrainConfig  # noqa: E402
 from recognition.losses import CombinedMarginLoss, PartialFC  # noqa: E402
-from recognition.train import Trainer  # noqa: E402
+from recognition.training.config import TrainConfig  # noqa: E402
+from recognition.training.trainer import Trainer  # noqa: E402
 
 
 class MinimalLoop:
@@ -138,7 +138,7 @@ def main() -> None:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     amp_dtype = getattr(torch, args.amp_dtype) if args.fp16 and device.type == "cuda" else None
     if os.environ.get("MALLOC_MMAP_MAX_") != "0":
-        print("note: MALLOC_MMAP_MAX_=0 etc. not set (SPEC §8); timings will be noisier",
+        print("note: MALLOC_MMAP_MAX_=0 etc. not set (reference §8); timings will be noisier",
               file=sys.stderr)
     results = {"network": args.network, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "rounds": args.rounds,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from cam.targets import Target, as_target
-from parsing.errors import InputError
+from parsing.core.errors import InputError
+from parsing.core.progress import progress_bar
 
 __all__ = ["Explanation", "Explainer", "ActivationGradientExplainer", "minmax", "resolve_layer"]
 
@@ -115,7 +115,7 @@ class Explainer:
         in forward passes of at most ``batch_size`` rows (a progress bar if ``desc`` is given)."""
         starts = range(0, n_rows, self.batch_size)
         outputs = [self.model(make_rows(s, min(s + self.batch_size, n_rows)))
-                   for s in tqdm(starts, desc=desc, leave=False,
+                   for s in progress_bar(starts, desc=desc, leave=False,
                                  disable=desc is None or not self.progress)]
         return torch.cat(outputs)
 

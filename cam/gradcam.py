@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017), SPEC §4.2."""
+"""Grad-CAM (Selvaraju et al. 2017), reference §4.2."""
 
 from __future__ import annotations
 

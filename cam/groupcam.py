@@ -1,4 +1,4 @@
-"""Group-CAM (Zhang et al. 2021), SPEC §4.4."""
+"""Group-CAM (Zhang et al. 2021), reference §4.4."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from cam.base import ActivationGradientExplainer, Explanation, minmax, upsample
 from cam.targets import Target
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 
 __all__ = ["GroupCAM"]
 
@@ -18,7 +18,7 @@ class GroupCAM(ActivationGradientExplainer):
     masks M_l (ReLU, bilinear upsample, per-group min-max); each scores
     beta_l = ReLU(S(x M_l + blur(x) (1 - M_l)) - S(blur(x))); map = min-max(sum_l beta_l M_l).
 
-    The blur is Gaussian (``blur_kernel`` 51, ``blur_sigma`` 50, reflect borders). As SPEC §4.4
+    The blur is Gaussian (``blur_kernel`` 51, ``blur_sigma`` 50, reflect borders). As reference §4.4
     the map sums the normalised masks M_l; the authors' code weights the group maps before
     their min-max. Forward passes per image: 1 (gradients) + 1 (blurred) + ``groups``.
     """

@@ -1,4 +1,4 @@
-"""Faithfulness metrics for any explanation map: deletion and insertion (SPEC §4.3), and a
+"""Faithfulness metrics for any explanation map: deletion and insertion (reference §4.3), and a
 deletion curve over face regions."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from cam.base import Explainer, check_images
 from cam.regions import check_label_maps
 from cam.targets import Target, as_target
-from parsing.errors import InputError
-from parsing.labels import LabelSet, get_label_set
+from parsing.core.errors import InputError
+from parsing.core.labels import LabelSet, get_label_set
 
 __all__ = ["Curve", "deletion", "insertion", "perturbation_curve", "region_deletion"]
 

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from parsing.labels import LabelSet, get_label_set
+from parsing.core.labels import LabelSet, get_label_set
 
 __all__ = ["to_rgb", "overlay", "region_bars", "compare"]
 

@@ -1,4 +1,4 @@
-"""RISE: randomized input sampling (Petsiuk et al., BMVC 2018), SPEC §4.3."""
+"""RISE: randomized input sampling (Petsiuk et al., BMVC 2018), reference §4.3."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from cam.base import Explainer, Explanation, minmax
 from cam.targets import Target
-from parsing.errors import InputError
+from parsing.core.errors import InputError
+from parsing.core.progress import progress_bar
 
 __all__ = ["RISE", "interpolation_matrix", "rise_masks"]
 
@@ -95,7 +95,7 @@ class RISE(Explainer):
         per_step = max(1, self.batch_size // batch)  # masks per forward pass, for all images
         saliency = images.new_zeros(batch, height, width)
         index = torch.arange(batch, device=images.device).repeat_interleave(per_step)
-        for start in tqdm(range(0, self.n_masks, per_step), desc="RISE", leave=False,
+        for start in progress_bar(range(0, self.n_masks, per_step), desc="RISE", leave=False,
                           disable=not self.progress):
             masks = self.masks((height, width), start, start + per_step, images.device,
                                images.dtype)

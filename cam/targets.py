@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 
 __all__ = ["Target", "ClassTarget", "SimilarityTarget", "PairTarget", "EmbeddingNormTarget",
            "as_target"]

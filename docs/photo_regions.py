@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from fserasing import erase_batch
-from parsing.io import read_image, read_label_map
-from parsing.labels import FSE25
+from parsing.core.io import read_image, read_label_map
+from parsing.core.labels import FSE25
 
 HEIGHT = 168
 

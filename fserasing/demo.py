@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fserasing.erasing import FILL_MODES, RegionEraser  # noqa: E402
-from parsing.cli import cli_main  # noqa: E402
-from parsing.errors import DataError  # noqa: E402
-from parsing.io import IMAGE_EXTENSIONS, read_image, read_label_map  # noqa: E402
-from parsing.labels import FSE25  # noqa: E402
+from parsing.core.cli import cli_main  # noqa: E402
+from parsing.core.errors import DataError  # noqa: E402
+from parsing.core.io import IMAGE_EXTENSIONS, read_image, read_label_map  # noqa: E402
+from parsing.core.labels import FSE25  # noqa: E402
 
 
 def find_pairs(

@@ -1,4 +1,4 @@
-"""Face Semantic Erasing (SPEC §3): erase randomly chosen parsing regions of face images.
+"""Face Semantic Erasing (reference §3): erase randomly chosen parsing regions of face images.
 
 One vectorised implementation serves every entry point. :class:`RegionEraser` resolves the
 options once; :meth:`RegionEraser.draw` makes every random decision for a batch (an
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from parsing.errors import InputError
-from parsing.labels import LabelSet, get_label_set
+from parsing.core.errors import InputError
+from parsing.core.labels import LabelSet, get_label_set
 
 __all__ = ["FILL_MODES", "Erasure", "RegionEraser", "erase_batch", "BatchFSErasing"]
 

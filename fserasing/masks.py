@@ -22,9 +22,9 @@ import PIL.Image
 import torch
 from torchvision import datasets, tv_tensors
 
-from parsing.errors import DataError
-from parsing.io import load_checkpoint, read_image, read_label_map
-from parsing.labels import LabelSet, get_label_set
+from parsing.core.errors import DataError
+from parsing.core.io import load_checkpoint, read_image, read_label_map
+from parsing.core.labels import LabelSet, get_label_set
 
 __all__ = ["MaskSource", "MaskFolder", "MaskTensor", "MaskCallable", "open_mask_source",
            "MaskedImageFolder"]

@@ -15,14 +15,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from fserasing.erasing import ClassSpec, Fill, NErase, RegionEraser
-from parsing.errors import InputError
-from parsing.labels import LabelSet
+from parsing.core.errors import InputError
+from parsing.core.labels import LabelSet
 
 __all__ = ["FSErasing"]
 
 
 class FSErasing(v2.Transform):
-    """Erase random face regions of an image using its parsing mask (SPEC §3).
+    """Erase random face regions of an image using its parsing mask (reference §3).
 
     Call it on ``(image, mask)`` with the mask a ``tv_tensors.Mask`` (so geometric v2
     transforms before it move image and mask together), or on a dict sample with ``"image"``

@@ -1,7 +1,7 @@
 """Evaluate a trained parser on a data set: confusion matrix, per-class F1, mean F1, mIoU.
 
 ``python -m parsing.evaluate --checkpoint runs/parser/best.pt --data synth:data/synth_test``
-prints a table and writes the scores (and the confusion matrix) as JSON (SPEC §2.5; the
+prints a table and writes the scores (and the confusion matrix) as JSON (reference §2.5; the
 conventions are those of :mod:`parsing.metrics`).
 """
 
@@ -10,41 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from parsing.cli import cli_main
-from parsing.data import (
+from parsing.core.cli import cli_main
+from parsing.parser.data import (
     build_dataset,
     collate,
     eval_transform,
     has_official_split,
     parse_data_spec,
 )
-from parsing.inference import Parser, default_device, model_from_checkpoint
-from parsing.metrics import ConfusionMatrix, format_scores
+from parsing.parser.inference import Parser, default_device, model_from_checkpoint
+from parsing.parser.metrics import confusion_over, format_scores
 
 log = logging.getLogger("parsing.evaluate")
-
-
-def confusion_over(parser: Parser, batches: Iterable, progress: bool = True,
-                   desc: str = "evaluate") -> tuple[ConfusionMatrix, list[str]]:
-    """Accumulate one confusion matrix over ``(images, label_maps, bad)`` batches.
-
-    Returns the matrix (on the parser's device) and the errors of skipped samples.
-    """
-    ls = parser.label_set
-    cm = ConfusionMatrix(ls.num_classes, ignore_index=255, names=ls.names)
-    skipped: list[str] = []
-    for images, targets, bad in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        skipped += bad
-        if len(images):
-            pred = parser(images.to(parser.device, non_blocking=True))
-            cm.update(pred, targets.to(parser.device, non_blocking=True))
-    return cm, skipped
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -16,67 +16,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from parsing.cli import cli_main
-from parsing.data import BadSample
-from parsing.errors import DataError, InputError
-from parsing.inference import Parser, default_device
-from parsing.io import IMAGE_EXTENSIONS, read_image, write_label_map
-from parsing.viz import contact_sheet
-
-
-def list_images(source: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """(paths, relative paths) of the images in a directory (recursive) or a list file."""
-    src = Path(source)
-    if src.is_dir():
-        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and p.is_file())
-        return paths, [p.relative_to(src) for p in paths]
-    if not src.is_file():
-        raise InputError(f"--images {source}: no such directory or list file")
-    entries = [line.strip() for line in src.read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-    paths = [Path(e) if Path(e).is_absolute() else src.parent / e for e in entries]
-    if not paths:
-        return [], []
-    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
-    rels = [Path(e) if not Path(e).is_absolute() and ".." not in Path(e).parts
-            else p.resolve().relative_to(root) for e, p in zip(entries, paths, strict=True)]
-    return paths, rels
-
-
-class ImageFiles(Dataset):
-    """Images as normalised float (3, H, W) tensors with their index; bad files as BadSample."""
-
-    def __init__(self, paths: Sequence[Path], skip_bad: bool = False) -> None:
-        self.paths, self.skip_bad = list(paths), skip_bad
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | BadSample:
-        try:
-            arr = read_image(self.paths[i])
-        except DataError as exc:
-            if self.skip_bad:
-                return BadSample(str(exc))
-            raise
-        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
-        return image.float().div_(127.5).sub_(1.0), i
-
-
-def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend (H, W, 3) uint8 colour-coded labels over an (H, W, 3) uint8 image."""
-    return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+from parsing.core.cli import cli_main
+from parsing.core.io import list_images, write_label_map
+from parsing.core.progress import progress_bar
+from parsing.core.viz import contact_sheet, overlay
+from parsing.parser.data import BadSample
+from parsing.parser.inference import ImageFiles, Parser, default_device
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -100,8 +52,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
     paths, rels = list_images(args.images)
-    if not paths:
-        raise InputError(f"--images {args.images}: no images found")
     parser = Parser.from_checkpoint(args.checkpoint, args.device, args.batch_size)
     overlay_dir = None
     if args.overlay is not None:
@@ -111,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         num_workers=args.workers, collate_fn=list)
     args.out.mkdir(parents=True, exist_ok=True)
     written, skipped, sheet = [], [], []
-    for batch in tqdm(loader, desc="predict", unit="batch"):
+    for batch in progress_bar(loader, desc="predict", unit="batch"):
         skipped += [s.error for s in batch if isinstance(s, BadSample)]
         good = [s for s in batch if not isinstance(s, BadSample)]
         by_size: dict[tuple[int, ...], list] = {}

@@ -9,7 +9,7 @@ writes to OUT: ``{name}_features.npy`` (flip-fused image features, reusable with
 gallery/probe files exist) and ``{name}_roc.png``. insightface's published numbers use
 ``--use-norm-score --use-detector-score`` (its N1D1F1 mode). On CPU, set
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824``
-(SPEC §8).
+(reference §8).
 """
 
 from __future__ import annotations
@@ -17,87 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from parsing.align import align_face
-from parsing.cli import cli_main
-from parsing.errors import DataError, InputError
-from parsing.io import read_image
-from recognition.embedding import add_backbone_arguments, embed_batches, load_backbone
-from recognition.ijbc import (
-    IJBProtocol,
+from parsing.core.cli import cli_main
+from parsing.core.errors import DataError, InputError
+from recognition.evaluation.embedding import add_backbone_arguments, embed_batches, load_backbone
+from recognition.evaluation.ijbc import (
+    aligned_batches,
     evaluate_verification,
+    format_table,
     identification_report,
     meta_path,
     pair_scores,
     read_identification_protocol,
     read_protocol,
 )
-from recognition.roc import FARS, far_key
-
-
-class LooseCrops(torch.utils.data.Dataset):
-    """``protocol.image_dir`` images as uint8 (3, H, W) tensors with their five points."""
-
-    def __init__(self, protocol: IJBProtocol) -> None:
-        self.protocol = protocol
-
-    def __len__(self) -> int:
-        return len(self.protocol)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_image(self.protocol.image_dir / str(self.protocol.image_names[index]))
-        return (torch.tensor(image).permute(2, 0, 1),
-                torch.from_numpy(self.protocol.landmarks[index]))
-
-
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor,
-                                                                         torch.Tensor]:
-    """Stack crops of different sizes by zero-padding right and bottom. The alignment warp
-    reads zeros outside an image anyway: the padding changes no output pixel beyond float
-    rounding (at most 1 grey level on < 0.1% of pixels)."""
-    height = max(image.shape[1] for image, _ in batch)
-    width = max(image.shape[2] for image, _ in batch)
-    images = torch.zeros(len(batch), 3, height, width, dtype=torch.uint8)
-    for i, (image, _) in enumerate(batch):
-        images[i, :, :image.shape[1], :image.shape[2]] = image
-    return images, torch.stack([points for _, points in batch])
-
-
-def aligned_batches(protocol: IJBProtocol, batch_size: int, workers: int,
-                    device: torch.device) -> Iterator[torch.Tensor]:
-    """Aligned 112x112 uint8 faces of the protocol's images, in order, batch by batch."""
-    loader = torch.utils.data.DataLoader(LooseCrops(protocol), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=pad_collate)
-    for images, points in loader:
-        yield align_face(images.to(device), points.to(device))
-
-
-def plot_roc(fpr: np.ndarray, tpr: np.ndarray, report: dict, label: str, path: Path) -> None:
-    """ROC on a log-FAR axis with the TAR@FAR table points marked."""
-    fig = Figure(figsize=(5.5, 4.2))
-    ax = fig.subplots()
-    ax.plot(np.maximum(fpr, 1e-7), tpr, lw=1.5, label=f"{label} (AUC {100 * report['auc']:.2f}%)")
-    tars = [report["tar_at_far"][far_key(f)] for f in FARS]
-    ax.plot(FARS, tars, "o", ms=4, color="C3", label="TAR @ FAR (nearest ROC point)")
-    ax.set(xscale="log", xlim=(1e-6, 1), ylim=(0, 1.0), xlabel="False accept rate",
-           ylabel="True accept rate", title=f"ROC on {label}")
-    ax.grid(True, which="both", ls=":", lw=0.5)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def format_table(name: str, report: dict) -> str:
-    head = f"{name + ' 1:1  FAR':16s}" + "".join(f"{far_key(f):>8s}" for f in FARS)
-    row = f"{'TAR (%)':16s}" + "".join(f"{100 * report['tar_at_far'][far_key(f)]:8.2f}"
-                                     for f in FARS)
-    return f"{head}   AUC (%)\n{row}  {100 * report['auc']:8.2f}"
+from recognition.evaluation.plots import plot_roc
 
 
 def build_parser() -> argparse.ArgumentParser:

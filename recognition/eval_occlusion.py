@@ -4,7 +4,7 @@
 Samples verification pairs (half genuine) from an identity-labelled set of aligned 112x112
 faces with FSE-25 parsing masks, then erases one region group at a time (eyes, nose,
 mouth, ...) in the probe image of every pair (``fserasing.erase_batch`` with explicit
-classes) and measures how verification degrades: 10-fold accuracy (SPEC §5.5), TAR at FAR
+classes) and measures how verification degrades: 10-fold accuracy (reference §5.5), TAR at FAR
 1e-2 / 1e-1 and AUC, beside the unoccluded baseline. ``DIR`` is a ``parsing.synth`` data set
 (masks included) or, with ``--masks`` (a mask folder of ``parsing.predict`` or anything
 ``fserasing.open_mask_source`` reads), an ImageFolder with one folder per identity.
@@ -22,103 +22,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
-from tqdm import tqdm
 
-from fserasing import FILL_MODES, MaskedImageFolder, erase_batch
-from parsing.cli import cli_main
-from parsing.errors import DataError, InputError
-from parsing.labels import FSE25
-from parsing.synth import SynthFaces
-from recognition.embedding import add_backbone_arguments, embed, load_backbone
-from recognition.roc import far_key, verification_report
-from recognition.verification import sample_pairs, verification_accuracy
-
-DEFAULT_GROUPS = ("eyes", "brows", "around_eyes", "nose", "mouth", "cheeks", "chin",
-                  "forehead", "ears", "hair")
-OCCLUSION_FARS = (1e-2, 1e-1)
-
-
-def open_faces(data: str, masks: str | None) -> tuple[torch.utils.data.Dataset, np.ndarray]:
-    """A data set whose items start with (image, mask), and the identity of each item:
-    a parsing.synth folder, or with ``masks`` a masked ImageFolder."""
-    if masks is None:
-        dataset = SynthFaces(data)
-        return dataset, np.asarray(dataset.identities)
-    dataset = MaskedImageFolder(data, masks)
-    return dataset, np.asarray(dataset.targets)
-
-
-def read_faces(dataset: torch.utils.data.Dataset, indices: np.ndarray, source: str
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 (N, 3, 112, 112) and masks (N, 112, 112) of the items ``indices``."""
-    samples = [dataset[int(i)] for i in tqdm(indices, desc="read faces", unit="img")]
-    images = torch.stack([s[0].as_subclass(torch.Tensor) for s in samples])
-    masks = torch.stack([s[1].as_subclass(torch.Tensor) for s in samples])
-    if images.shape[-2:] != (112, 112):
-        raise DataError(f"{source}: faces must be aligned 112x112, got "
-                        f"{tuple(images.shape[-2:])}")
-    return images, masks
-
-
-@torch.no_grad()
-def _normalised_embeddings(model, images, batch_size, flip, device) -> torch.Tensor:
-    out = [embed(model, images[s:s + batch_size].to(device), flip).double().cpu()
-           for s in range(0, len(images), batch_size)]
-    return F.normalize(torch.cat(out), dim=1)
-
-
-def occlusion_table(model: torch.nn.Module, gallery: torch.Tensor, probes: torch.Tensor,
-                    probe_masks: torch.Tensor, issame: np.ndarray,
-                    groups: Sequence[str] = DEFAULT_GROUPS, fill: str = "random",
-                    batch_size: int = 32, flip: bool = True, seed: int = 0,
-                    device: torch.device | str = "cpu") -> dict[str, dict]:
-    """Verification of pairs (gallery[i], probes[i]) with nothing, then each region group,
-    erased in the probes -> {"none" | group: metrics}."""
-    gallery_emb = _normalised_embeddings(model, gallery, batch_size, flip, device)
-    table = {}
-    for group in tqdm(["none", *groups], desc="occlusions"):
-        erased = probes
-        area = 0.0
-        if group != "none":
-            ids = torch.tensor(FSE25.ids(group))
-            area = float(torch.isin(probe_masks, ids).float().mean())
-            generator = torch.Generator(device=device).manual_seed(seed)
-            erased = torch.cat([
-                erase_batch(probes[s:s + batch_size].to(device),
-                            probe_masks[s:s + batch_size].to(device), p=1.0,
-                            n_erase=[group], fill=fill, generator=generator).cpu()
-                for s in range(0, len(probes), batch_size)])
-        probe_emb = _normalised_embeddings(model, erased, batch_size, flip, device)
-        interleaved = torch.stack([gallery_emb, probe_emb], dim=1).flatten(0, 1)
-        entry = verification_accuracy(interleaved, issame)
-        report, _, _ = verification_report((gallery_emb * probe_emb).sum(1).numpy(), issame,
-                                           OCCLUSION_FARS)
-        entry.update(tar_at_far=report["tar_at_far"], auc=report["auc"], erased_area=area)
-        table[group] = entry
-    return table
-
-
-def plot_occlusion(table: dict[str, dict], path: Path, title: str) -> None:
-    """Bars of accuracy and TAR@FAR=1e-2 per erased group, baseline as lines."""
-    groups = [g for g in table if g != "none"]
-    x = np.arange(len(groups))
-    key = far_key(OCCLUSION_FARS[0])
-    fig = Figure(figsize=(max(6.0, 0.6 * len(groups) + 2), 4.8))
-    ax = fig.subplots()
-    ax.bar(x - 0.2, [100 * table[g]["accuracy"] for g in groups], 0.4, label="accuracy")
-    ax.bar(x + 0.2, [100 * table[g]["tar_at_far"][key] for g in groups], 0.4,
-           label=f"TAR @ FAR {key}")
-    ax.axhline(100 * table["none"]["accuracy"], color="C0", ls="--", lw=1,
-               label="accuracy, nothing erased")
-    ax.axhline(100 * table["none"]["tar_at_far"][key], color="C1", ls="--", lw=1,
-               label=f"TAR @ FAR {key}, nothing erased")
-    ax.set_xticks(x, groups, rotation=30, ha="right")
-    ax.set(ylabel="%", ylim=(0, 100), title=title)
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+from fserasing import FILL_MODES
+from parsing.core.cli import cli_main
+from parsing.core.errors import InputError
+from parsing.core.labels import FSE25
+from recognition.evaluation.embedding import add_backbone_arguments, load_backbone
+from recognition.evaluation.occlusion import (
+    DEFAULT_GROUPS,
+    OCCLUSION_FARS,
+    occlusion_table,
+    open_faces,
+    read_faces,
+)
+from recognition.evaluation.plots import plot_occlusion
+from recognition.evaluation.roc import far_key
+from recognition.evaluation.verification import sample_pairs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,27 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from parsing.cli import cli_main
-from parsing.errors import InputError
-from recognition.embedding import (
+from parsing.core.cli import cli_main
+from parsing.core.errors import InputError
+from recognition.evaluation.embedding import (
     add_backbone_arguments,
-    embed_batches,
-    image_batches,
     load_backbone,
 )
-from recognition.verification import decode_images, load_bin, verification_accuracy
-
-
-def evaluate_bin(model: torch.nn.Module, path: str | Path, batch_size: int = 64,
-                 flip: bool = True, device: torch.device | str = "cpu") -> dict:
-    """Accuracy ± std of ``model`` on one ``.bin`` set (see ``verification_accuracy``)."""
-    blobs, issame = load_bin(path)
-    images = decode_images(blobs, source=path)
-    features = embed_batches(model, image_batches(images, batch_size), flip=flip,
-                             device=device, total=len(images), desc=f"embed {Path(path).name}")
-    return verification_accuracy(F.normalize(features.double(), dim=1), issame)
+from recognition.evaluation.verification import evaluate_bin
 
 
 def build_parser() -> argparse.ArgumentParser:

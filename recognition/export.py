@@ -13,89 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-from parsing.cli import cli_main
-from parsing.errors import InputError
+from parsing.core.cli import cli_main
+from parsing.core.errors import InputError
+from parsing.core.onnx import OnnxMismatchError, check_onnx, export_onnx
 from recognition.backbones import create_backbone
 
-__all__ = ["OnnxMismatchError", "check_onnx", "export_onnx"]
-
 logger = logging.getLogger(__name__)
-
-INPUT_SIZE = 112
-
-
-class OnnxMismatchError(RuntimeError):
-    """The exported graph's outputs differ from PyTorch's beyond the tolerance."""
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17,
-                input_size: int = INPUT_SIZE) -> Path:
-    """Write ``model`` (in eval mode, on CPU) as ONNX with a dynamic batch axis."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().cpu()
-    example = torch.zeros(2, 3, input_size, input_size)
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; torch flags it as the legacy path.
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed",
-                                category=DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["data"], output_names=["embedding"],
-                          dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}})
-    return path
-
-
-def check_onnx(model: nn.Module, path: str | os.PathLike, batch_size: int = 3,
-               rtol: float = 1e-4, atol: float = 1e-4, seed: int = 0,
-               input_size: int = INPUT_SIZE) -> dict:
-    """Run the ONNX file with onnxruntime on random inputs and compare with ``model``.
-
-    Passes when ``max|onnx - torch| <= atol + rtol * max|torch|`` (embedding scales vary
-    with training) and every embedding pair has cosine similarity >= ``1 - rtol``. Raises
-    :class:`OnnxMismatchError` otherwise; returns the figures.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    onnx.checker.check_model(str(path))
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, 3, input_size, input_size, generator=generator) * 2 - 1
-    with torch.no_grad():
-        expected = model.eval().cpu()(images).numpy()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (got,) = session.run(["embedding"], {"data": images.numpy()})
-    max_abs_diff = float(np.abs(got - expected).max())
-    max_abs_reference = float(np.abs(expected).max())
-    cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1)
-                                        * np.linalg.norm(expected, axis=1))
-    report = {
-        "onnx": str(path),
-        "batch_size": batch_size,
-        "embedding_size": int(expected.shape[1]),
-        "max_abs_diff": max_abs_diff,
-        "max_abs_reference": max_abs_reference,
-        "min_cosine": float(cosine.min()),
-        "tolerance": atol + rtol * max_abs_reference,
-    }
-    if max_abs_diff > report["tolerance"] or report["min_cosine"] < 1.0 - rtol:
-        raise OnnxMismatchError(
-            f"{path}: onnxruntime differs from PyTorch by {max_abs_diff:.3g} (allowed: atol "
-            f"{atol:g} + rtol {rtol:g} x max|output| {max_abs_reference:.3g}), min cosine "
-            f"{report['min_cosine']:.6f}")
-    return report
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,13 +53,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     model = create_backbone(args.network, checkpoint_path=args.checkpoint,
                             num_features=args.num_features)
-    path = export_onnx(model, args.onnx, opset=args.opset)
+    path = export_onnx(model, args.onnx, input_name="data", output_name="embedding",
+                       opset=args.opset)
     logger.info("wrote %s; checking it with onnxruntime", path)
     try:
-        report = check_onnx(model, path, batch_size=args.check_batch, rtol=args.rtol,
-                            atol=args.atol)
+        report = check_onnx(model, path, input_name="data", output_name="embedding",
+                            batch_size=args.check_batch, rtol=args.rtol, atol=args.atol)
     except OnnxMismatchError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise InputError(str(exc)) from None
     report.update(network=args.network, checkpoint=str(args.checkpoint), opset=args.opset)
     Path(path).with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

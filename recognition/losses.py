@@ -5,7 +5,7 @@
 >>> loss = head(backbone(images), labels)
 
 ``PartialFC`` with ``sample_rate=1`` is the plain (full softmax) head, on one process or with
-the class centres sharded over ``torch.distributed`` ranks (SPEC §5.3).
+the class centres sharded over ``torch.distributed`` ranks (reference §5.3).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 
 __all__ = ["CombinedMarginLoss", "PartialFC"]
 

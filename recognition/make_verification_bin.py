@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from parsing.cli import cli_main
-from parsing.errors import InputError
+from parsing.core.cli import cli_main
+from parsing.core.errors import InputError
+from parsing.core.progress import progress_bar
 from parsing.synth import SynthFaces
-from recognition.verification import sample_pairs, write_bin
+from recognition.evaluation.verification import sample_pairs, write_bin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     faces = SynthFaces(args.faces)
     first, second, issame = sample_pairs(np.asarray(faces.identities), args.pairs, args.seed)
     encoded = {}
-    for i in tqdm(np.unique(np.concatenate([first, second])), desc="encode", unit="img"):
+    for i in progress_bar(np.unique(np.concatenate([first, second])), desc="encode", unit="img"):
         buffer = io.BytesIO()
         Image.fromarray(faces[int(i)][0].permute(1, 2, 0).numpy()).save(buffer, format="JPEG",
                                                                         quality=95)

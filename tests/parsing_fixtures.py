@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from parsing.io import write_label_map
+from parsing.core.io import write_label_map
 
 
 def blob_sample(rng: np.random.Generator, size: int = 32, n_classes: int = 25):

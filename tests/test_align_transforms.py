@@ -5,10 +5,10 @@ from skimage import transform as sktf
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from parsing.align import ARCFACE_TEMPLATE, align_face, estimate_similarity, landmarks5_from_68
-from parsing.errors import InputError
-from parsing.labels import FSE25
-from parsing.transforms import RandomHorizontalFlip
+from parsing.core.align import ARCFACE_TEMPLATE, align_face, estimate_similarity, landmarks5_from_68
+from parsing.core.errors import InputError
+from parsing.core.labels import FSE25
+from parsing.parser.transforms import RandomHorizontalFlip
 
 
 def _random_landmarks(rng, n):

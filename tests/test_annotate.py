@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
-from parsing import annotate as A
-from parsing.errors import InputError, MissingDependencyError
-from parsing.io import read_label_map, write_label_map
-from parsing.labels import CELEBAMASK_BISENET, FACESYNTHETICS, FSE25, convert
-from parsing.landmarks import load_face_mesh
-from parsing.photos import PHOTOS, load_photo
+from parsing import annotate as annotate_cli
+from parsing.photos import annotate as A
+from parsing.core.errors import InputError, MissingDependencyError
+from parsing.core.io import read_label_map, write_label_map
+from parsing.core.labels import CELEBAMASK_BISENET, FACESYNTHETICS, FSE25, convert
+from parsing.photos.landmarks import load_face_mesh
+from parsing.photos.packaged import PHOTOS, load_photo
 
 OVAL_RIGHT = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176,
               148, 152)
@@ -239,7 +240,7 @@ def test_cli_writes_the_published_layout(mesh_ready, tmp_path):
     write_label_map(images / "000001_seg.png", fs)  # FaceSynthetics keeps them side by side
     write_label_map(images / "000002_seg.png", np.zeros((80, 80), np.uint8))
     out = tmp_path / "out"
-    rc = A.main(["--images", str(images), "--out", str(out), "--base-seg", str(images),
+    rc = annotate_cli.main(["--images", str(images), "--out", str(out), "--base-seg", str(images),
                  "--sheet", str(out / "sheet.png")])
     assert rc == 0
     with open(out / "anno_list.csv") as f:
@@ -255,10 +256,10 @@ def test_cli_writes_the_published_layout(mesh_ready, tmp_path):
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
-    assert A.main(["--images", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert annotate_cli.main(["--images", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "--images" in capsys.readouterr().err
     (tmp_path / "a.png").write_bytes(b"not a png")
-    assert A.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"),
+    assert annotate_cli.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"),
                    "--base-labels", "nope"]) == 2
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import recognition
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 from recognition.backbones import IResNet, MobileFaceNet, TimmBackbone, register_backbone
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -28,7 +28,7 @@ def _bn(prefix, channels):
 
 
 def insightface_layout(depths):
-    """(key, shape) of an insightface arcface_torch IResNet checkpoint, written from SPEC §5.2."""
+    """(key, shape) of an insightface arcface_torch IResNet checkpoint (reference §5.2)."""
     keys = [("conv1.weight", (64, 3, 3, 3)), *_bn("bn1", 64), ("prelu.weight", (64,))]
     in_channels = 64
     stages = zip((64, 128, 256, 512), depths, strict=True)

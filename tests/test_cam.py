@@ -16,8 +16,8 @@ from cam import FSCAM, RISE, GradCAM, GroupCAM, RegionStats, metrics, plot, regi
 from cam.base import minmax
 from cam.rise import interpolation_matrix, rise_masks
 from cam.targets import ClassTarget, EmbeddingNormTarget, PairTarget, SimilarityTarget
-from parsing.errors import InputError
-from parsing.labels import FSE25
+from parsing.core.errors import InputError
+from parsing.core.labels import FSE25
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -518,8 +518,8 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     """A tiny backbone registered in recognition's registry, its checkpoint, faces, labels."""
     from PIL import Image
 
-    from cam.fscam import main
-    from parsing.io import atomic_save, write_label_map
+    from cam.fscam.__main__ import main
+    from parsing.core.io import atomic_save, write_label_map
     from recognition.backbones import registry
 
     monkeypatch.setitem(registry._BACKBONES, "cam_tiny",
@@ -560,8 +560,8 @@ def test_cli_explains_a_face_with_every_method(cli_setup, capsys):
 def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsys):
     from PIL import Image
 
-    from parsing.align import ARCFACE_TEMPLATE
-    from parsing.io import atomic_save
+    from parsing.core.align import ARCFACE_TEMPLATE
+    from parsing.core.io import atomic_save
 
     tmp, main, common, _ = cli_setup
     atomic_save({"backbone": tiny(out=16, seed=1).state_dict(), "epoch": 3},
@@ -590,7 +590,7 @@ def test_cli_reference_landmarks_training_checkpoint_and_folder(cli_setup, capsy
 def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
     from PIL import Image
 
-    from parsing.io import atomic_save, write_label_map
+    from parsing.core.io import atomic_save, write_label_map
 
     tmp, main, common, _ = cli_setup
     face, label = str(tmp / "faces" / "f0.png"), str(tmp / "labels" / "f0.png")
@@ -620,7 +620,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
 
 def _tiny_parser_checkpoint(path):
     from parsing import create_model
-    from parsing.io import atomic_save
+    from parsing.core.io import atomic_save
 
     torch.manual_seed(0)
     model = create_model("unet_r18", num_classes=25, width=8)
@@ -634,8 +634,8 @@ def test_cli_on_a_packaged_photo_with_landmarks_and_a_parser(cli_setup, capsys):
     parsed by a (random, tiny) parser checkpoint."""
     from PIL import Image
 
-    from parsing.landmarks import landmarks5_from_mesh
-    from parsing.photos import load_photo
+    from parsing.photos.landmarks import landmarks5_from_mesh
+    from parsing.photos.packaged import load_photo
 
     tmp, main, common, _ = cli_setup
     Image.fromarray(load_photo("astronaut")).save(tmp / "astronaut.png")
@@ -653,9 +653,9 @@ def test_cli_on_a_packaged_photo_with_landmarks_and_a_parser(cli_setup, capsys):
 def test_cli_finds_the_face_with_mtcnn(cli_setup, capsys):
     from PIL import Image
 
-    from parsing.errors import MissingDependencyError
-    from parsing.landmarks import load_mtcnn
-    from parsing.photos import load_photo
+    from parsing.core.errors import MissingDependencyError
+    from parsing.photos.landmarks import load_mtcnn
+    from parsing.photos.packaged import load_photo
 
     try:
         load_mtcnn()

@@ -7,13 +7,14 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color as skcolor
 
-from parsing.align import ARCFACE_TEMPLATE
-from parsing.annotate import landmark_regions
-from parsing.edit import main, parse_photo, recolor, region_mask
-from parsing.errors import InputError
-from parsing.io import write_label_map
-from parsing.landmarks import landmarks5_from_mesh
-from parsing.photos import load_photo
+from parsing.core.align import ARCFACE_TEMPLATE
+from parsing.core.errors import InputError
+from parsing.core.io import write_label_map
+from parsing.edit import main
+from parsing.photos.annotate import landmark_regions
+from parsing.photos.edit import parse_photo, recolor, region_mask
+from parsing.photos.landmarks import landmarks5_from_mesh
+from parsing.photos.packaged import load_photo
 
 
 @pytest.fixture(scope="module")

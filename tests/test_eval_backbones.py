@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import recognition
-from parsing.errors import InputError
-from parsing.io import atomic_save
-from recognition.embedding import load_backbone
+from parsing.core.errors import InputError
+from parsing.core.io import atomic_save
+from recognition.evaluation.embedding import load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from parsing.align import align_face
-from parsing.io import read_image
-from recognition.eval_ijbc import LooseCrops, main, pad_collate
-from recognition.ijbc import (
+from parsing.core.align import align_face
+from parsing.core.io import read_image
+from recognition.eval_ijbc import main
+from recognition.evaluation.ijbc import (
+    LooseCrops,
     evaluate_verification,
+    pad_collate,
     read_identification_protocol,
     read_protocol,
 )
+from recognition.evaluation.roc import verification_report
 from recognition.make_ijbc_protocol import write_synthetic_protocol
-from recognition.roc import verification_report
 
 
 def _faces(n_ids=4, per_id=4, size=64, seed=0):
@@ -153,8 +155,8 @@ def test_cli_end_to_end_on_parsing_synth_faces(tmp_path, monkeypatch, capsys):
                  "--device", "cpu"]) == 0
     features = np.load(out / "ijbc_features.npy")
     # the saved features are f(x) + f(flip x) of the aligned loose crops, in file order
-    from recognition.embedding import embed
     from recognition.eval_ijbc import aligned_batches
+    from recognition.evaluation.embedding import embed
 
     aligned = torch.cat(list(aligned_batches(protocol, 16, 0, torch.device("cpu"))))
     np.testing.assert_allclose(features, embed(model, aligned).numpy(), rtol=1e-5, atol=1e-5)

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from fserasing import erase_batch
-from parsing.labels import FSE25
-from recognition.embedding import embed
+from parsing.core.labels import FSE25
 from recognition.eval_occlusion import occlusion_table
-from recognition.verification import verification_accuracy
+from recognition.evaluation.embedding import embed
+from recognition.evaluation.verification import verification_accuracy
 
 
 class _Tiny(torch.nn.Module):

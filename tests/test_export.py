@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import recognition
-from parsing.errors import DataError
-from parsing.io import atomic_save
-from recognition.export import OnnxMismatchError, check_onnx, export_onnx, main
+from parsing.core.errors import DataError
+from parsing.core.io import atomic_save
+from parsing.core.onnx import OnnxMismatchError, check_onnx, export_onnx
+from recognition.export import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

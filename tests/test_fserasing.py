@@ -23,10 +23,10 @@ from fserasing import (
     RegionEraser,
     erase_batch,
 )
-from parsing.errors import DataError, InputError, LabelError
-from parsing.io import write_label_map
-from parsing.labels import FSE25
-from parsing.transforms import RandomHorizontalFlip
+from parsing.core.errors import DataError, InputError, LabelError
+from parsing.core.io import write_label_map
+from parsing.core.labels import FSE25
+from parsing.parser.transforms import RandomHorizontalFlip
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -11,9 +11,9 @@ from benchmarks.bench_ijbc import (
     reference_template_features,
     synthetic_ijbc,
 )
-from parsing.errors import DataError, InputError
-from recognition import ijbc
-from recognition.ijbc import (
+from parsing.core.errors import DataError, InputError
+from recognition.evaluation import ijbc
+from recognition.evaluation.ijbc import (
     IdentificationProtocol,
     IJBProtocol,
     evaluate_verification,
@@ -26,7 +26,7 @@ from recognition.ijbc import (
     template_rows,
     write_meta,
 )
-from recognition.roc import FARS, far_key
+from recognition.evaluation.roc import FARS, far_key
 
 
 def _small_structure(rng, n_images=300, n_templates=25):

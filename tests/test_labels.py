@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from parsing.labels import (
+from parsing.core.labels import (
     CELEBAMASK_BISENET,
     CELEBAMASK_FARL,
     CELEBAMASK_OFFICIAL,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from parsing import landmarks
-from parsing.errors import InputError, MissingDependencyError
-from parsing.photos import load_photo
+from parsing.photos import landmarks
+from parsing.core.errors import InputError, MissingDependencyError
+from parsing.photos.packaged import load_photo
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,8 @@ def test_align_cli_detects_aligns_and_reports_no_face(mtcnn_ready, astronaut, tm
 
     from PIL import Image
 
-    from parsing.align import ARCFACE_TEMPLATE, estimate_similarity, main
+    from parsing.align import main
+    from parsing.core.align import ARCFACE_TEMPLATE, estimate_similarity
 
     images = tmp_path / "photos"
     (images / "sub").mkdir(parents=True)

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 from recognition.losses import CombinedMarginLoss, PartialFC
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,9 +9,10 @@ from parsing_fixtures import write_synth_layout
 from PIL import Image
 
 import parsing
+import parsing.parser.training as training
 import parsing.train as train_mod
 from parsing import evaluate, export, predict
-from parsing.io import load_checkpoint, read_label_map
+from parsing.core.io import load_checkpoint, read_label_map
 
 TINY = ["--model", "unet_r18", "--width", "4", "--batch-size", "4", "--workers", "0",
         "--device", "cpu"]
@@ -50,17 +51,17 @@ def _interrupt_after_epoch_1(synth_dir, out, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    real_save = train_mod.atomic_save
+    real_save = training.atomic_save
 
     def save_then_stop(obj, path):
         real_save(obj, path)
         if path.name == "last.pt" and obj["epoch"] == 1:
             raise Interrupted
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_stop)
+    monkeypatch.setattr(training, "atomic_save", save_then_stop)
     with pytest.raises(Interrupted):
         train_mod.main([*_train_args(synth_dir), "--out", str(out)])
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(training, "atomic_save", real_save)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
@@ -166,7 +167,7 @@ def test_skip_bad_reports_and_strict_mode_names_file(tmp_path, capsys):
     (evaluate, ["--checkpoint", "{tmp}/missing.pt", "--data", "synth:{tmp}"], "missing.pt"),
     (evaluate, ["--checkpoint", "{tmp}/junk.pt", "--data", "synth:{tmp}"], "not a loadable"),
     (predict, ["--checkpoint", "{tmp}/junk.pt", "--images", "{tmp}/none", "--out", "{tmp}/o"],
-     "no such directory"),
+     "no such folder"),
     (export, ["--checkpoint", "{tmp}/missing.pt", "--onnx", "{tmp}/x.onnx"], "missing.pt"),
 ])
 def test_bad_input_exits_2_with_one_line(cli, argv, message, tmp_path, capsys):

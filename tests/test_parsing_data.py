@@ -5,8 +5,11 @@ from parsing_fixtures import write_synth_layout
 from PIL import Image
 from torchvision import tv_tensors
 
-from parsing.align import ARCFACE_TEMPLATE, align_face
-from parsing.data import (
+from parsing.core.align import ARCFACE_TEMPLATE, align_face
+from parsing.core.errors import DataError, InputError
+from parsing.core.io import write_label_map
+from parsing.core.labels import CELEBAMASK_BISENET, CELEBAMASK_FARL, CELEBAMASK_OFFICIAL, FSE25
+from parsing.parser.data import (
     CELEBAMASK_PARTS,
     BadSample,
     CelebAMaskHQ,
@@ -19,9 +22,6 @@ from parsing.data import (
     split_indices,
     train_transform,
 )
-from parsing.errors import DataError, InputError
-from parsing.io import write_label_map
-from parsing.labels import CELEBAMASK_BISENET, CELEBAMASK_FARL, CELEBAMASK_OFFICIAL, FSE25
 
 
 def _landmarks70(scale: float, shift: tuple[float, float]) -> np.ndarray:

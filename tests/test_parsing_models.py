@@ -5,10 +5,10 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 import parsing
-from parsing.errors import InputError
-from parsing.losses import ParsingLoss, class_weights, distillation_loss, edge_targets
-from parsing.metrics import ConfusionMatrix, confusion_matrix, parsing_scores
-from parsing.models import ChannelAttention, ParserOutput, PositionAttention, fuse_batchnorm
+from parsing.core.errors import InputError
+from parsing.parser.losses import ParsingLoss, class_weights, distillation_loss, edge_targets
+from parsing.parser.metrics import ConfusionMatrix, confusion_matrix, parsing_scores
+from parsing.parser.models import ChannelAttention, ParserOutput, PositionAttention, fuse_batchnorm
 
 
 @pytest.mark.parametrize("name", ["unet_r18", "scanet"])

@@ -6,16 +6,16 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from parsing.errors import InputError
-from parsing.labels import FSE25
-from parsing.transforms import RandomHorizontalFlip
-from recognition.augment import (
+from fserasing.augment import (
     BatchAugment,
     BatchCutout,
     BatchRandomErasing,
     flip_batch,
     normalise,
 )
+from parsing.core.errors import InputError
+from parsing.core.labels import FSE25
+from parsing.parser.transforms import RandomHorizontalFlip
 
 
 def _batch(b=6, size=32, seed=0):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from parsing.errors import DataError
-from parsing.io import read_image, read_label_map, write_label_map
+from parsing.core.errors import DataError
+from parsing.core.io import read_image, read_label_map, write_label_map
 from parsing.synth import write_dataset
-from recognition.data import ImageFolderFaces, SynthFaceSet, collate_faces, open_dataset
-from recognition.recordio import write_recordio
-from recognition.validation import VerificationSet
-from recognition.verification import write_bin
+from recognition.data.datasets import ImageFolderFaces, SynthFaceSet, collate_faces, open_dataset
+from recognition.data.recordio import write_recordio
+from recognition.evaluation.validation import VerificationSet
+from recognition.evaluation.verification import write_bin
 
 
 def _image_folder(root, rng, names=("bob", "alice"), per=2):

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from parsing.errors import DataError, InputError
-from recognition.data import RecordIOFaces, collate_faces, open_dataset
-from recognition.recordio import (
+from parsing.core.errors import DataError, InputError
+from recognition.data.datasets import RecordIOFaces, collate_faces, open_dataset
+from recognition.data.recordio import (
     MAGIC,
     RecordIOReader,
     RecordIOWriter,

@@ -5,8 +5,8 @@ import pytest
 import sklearn.metrics
 
 from benchmarks.bench_ijbc import reference_tar_at_far
-from parsing.errors import InputError
-from recognition.roc import (
+from parsing.core.errors import InputError
+from recognition.evaluation.roc import (
     far_key,
     roc_curve,
     screened_verification_report,

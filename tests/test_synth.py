@@ -10,13 +10,13 @@ from scipy import ndimage
 from skimage.transform import SimilarityTransform
 from torchvision.transforms import v2
 
-from parsing.align import ARCFACE_TEMPLATE, align_face
-from parsing.errors import DataError, InputError
-from parsing.labels import FSE25
+from parsing.core.align import ARCFACE_TEMPLATE, align_face
+from parsing.core.errors import DataError, InputError
+from parsing.core.labels import FSE25
+from parsing.core.viz import contact_sheet
 from parsing.synth import SynthFaces, bound_groups, generate, write_dataset
 from parsing.synth.__main__ import main
 from parsing.synth.genes import DEFAULT_BOUND, face_genes
-from parsing.viz import contact_sheet
 
 TEMPLATE = ARCFACE_TEMPLATE.numpy()
 # classes coloured by the skin tone: only subtle shading tells them apart

@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 from parsing.synth import write_dataset
 from recognition.backbones import create_backbone
-from recognition.config import load_config
-from recognition.train import EpochSampler, PolyWarmup, init_class_centres, main
+from recognition.train import main
+from recognition.training.config import load_config
+from recognition.training.trainer import EpochSampler, PolyWarmup, init_class_centres
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--import", "tests.recog_helpers", "--embedding-size", "16", "--workers", "0",
@@ -89,7 +90,7 @@ def test_poly_schedule_matches_insightface():
 
 
 def test_sample_order_is_a_function_of_seed_and_epoch(faces):
-    from recognition.data import open_dataset
+    from recognition.data.datasets import open_dataset
 
     ds = open_dataset(faces)
     a, b = EpochSampler(ds, 1, 0, seed=5), EpochSampler(ds, 1, 0, seed=5)
@@ -199,8 +200,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, faces):
 
 @pytest.mark.slow
 def test_fserasing_with_masks_from_a_parser_checkpoint(tmp_path, faces):
-    pytest.importorskip("parsing.inference", reason="parsing.Parser not merged yet")
-    from parsing.models import create_model
+    from parsing.parser.models import create_model
 
     model = create_model("unet_r18", num_classes=25, width=8)  # untrained: any label map will do
     torch.save({"model": model.state_dict(), "model_name": "unet_r18",

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from parsing.errors import DataError, InputError
-from recognition.embedding import embed, embed_batches, image_batches
-from recognition.verification import (
+from parsing.core.errors import DataError, InputError
+from recognition.evaluation.embedding import embed, embed_batches, image_batches
+from recognition.evaluation.verification import (
     THRESHOLDS,
     decode_images,
     load_bin,

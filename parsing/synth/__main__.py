@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parsing.cli import cli_main
+from parsing.core.cli import cli_main
+from parsing.core.viz import contact_sheet
 from parsing.synth.dataset import SynthFaces, write_dataset
-from parsing.viz import contact_sheet
 
 
 def build_parser() -> argparse.ArgumentParser:

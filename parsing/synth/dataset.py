@@ -29,8 +29,8 @@ import torch
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from parsing.errors import DataError, InputError
-from parsing.io import read_image, read_label_map
+from parsing.core.errors import DataError, InputError
+from parsing.core.io import read_image, read_label_map
 from parsing.synth.genes import bound_groups, face_genes
 from parsing.synth.render import Face, render_face
 from parsing.synth.textures import texture_bank

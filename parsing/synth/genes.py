@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from parsing.errors import InputError
-from parsing.labels import FSE25
+from parsing.core.errors import InputError
+from parsing.core.labels import FSE25
 
 _SKIN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 20)  # skin tone also colours nose, ears, neck
 

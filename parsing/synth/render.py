@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from parsing.align import ARCFACE_TEMPLATE
+from parsing.core.align import ARCFACE_TEMPLATE
 from parsing.synth.shading import FaceFrame, shade_face
 from parsing.synth.sublabels import MOLE, SUB, SUB_TO_CLASS
 

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 
 
 def check_input(x: torch.Tensor, size: int, model: str) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from parsing.errors import DataError
-from parsing.io import load_checkpoint
+from parsing.core.errors import DataError
+from parsing.core.io import load_checkpoint
 
 # Where a training checkpoint dict keeps the backbone: ours, then insightface's train_v2.py.
 BACKBONE_KEYS = ("backbone", "state_dict_backbone")

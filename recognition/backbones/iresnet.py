@@ -1,7 +1,7 @@
 """IResNet (Deng et al., ArcFace), state_dict-compatible with insightface ``arcface_torch``.
 
 Module names, parameter shapes and registration order follow ``arcface_torch/backbones/
-iresnet.py`` exactly (SPEC §5.2), so a published insightface ``backbone.pth`` loads with
+iresnet.py`` exactly (reference §5.2), so a published insightface ``backbone.pth`` loads with
 ``load_state_dict(..., strict=True)`` and no key surgery.
 
 Layout for (B, 3, 112, 112) inputs: stem ``conv1`` 3x3/1 -> ``bn1`` -> ``prelu``; four stages

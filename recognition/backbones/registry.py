@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 from recognition.backbones.checkpoint import load_backbone_weights
 from recognition.backbones.timm_backbone import TimmBackbone
 

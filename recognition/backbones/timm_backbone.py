@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from parsing.errors import InputError
+from parsing.core.errors import InputError
 from recognition.backbones._utils import body_autocast
 
 __all__ = ["TimmBackbone"]

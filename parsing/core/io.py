@@ -1,0 +1,111 @@
+"""Reading and writing images, label maps and checkpoints, with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from parsing.core.errors import DataError, InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label PNG as (H, W) uint8 ids."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(f"{path}: label maps must be single-channel, got mode {im.mode}")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such label map") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable label map ({exc})") from None
+    if arr.max(initial=0) > 255:
+        raise DataError(f"{path}: label ids above 255")
+    return arr.astype(np.uint8)
+
+
+def write_label_map(path: str | os.PathLike, label_map: np.ndarray | torch.Tensor) -> None:
+    """Write (H, W) integer ids as an 8-bit single-channel PNG, creating folders."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(torch.as_tensor(label_map).cpu(), dtype=np.uint8)
+    Image.fromarray(arr, mode="L").save(path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``: no code runs)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises several types for truncated/unsafe files
+        first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+        reason = f"{type(exc).__name__}: {first_line.strip()}"
+        raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
+def list_images(source: str | os.PathLike, flag: str = "--images"
+                ) -> tuple[list[Path], list[Path]]:
+    """(paths, relative paths) of the images under a folder (recursive) or in a list file.
+
+    A list file holds one path per line (relative to the file); relative paths are then taken
+    from the entries' common folder. No image at all is an :class:`InputError` naming ``flag``.
+    """
+    src = Path(source)
+    if src.is_dir():
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and p.is_file())
+        rels = [p.relative_to(src) for p in paths]
+    elif src.is_file():
+        entries = [line.strip() for line in src.read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+        paths = [Path(e) if Path(e).is_absolute() else src.parent / e for e in entries]
+        root = Path(os.path.commonpath([p.resolve().parent for p in paths])) if paths else src
+        rels = [Path(e) if not Path(e).is_absolute() and ".." not in Path(e).parts
+                else p.resolve().relative_to(root) for e, p in zip(entries, paths, strict=True)]
+    else:
+        raise InputError(f"{flag} {source}: no such folder or list file")
+    if not paths:
+        raise InputError(f"{flag} {source}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths, rels
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> None:
+    """Write (H, W, 3) uint8 RGB as a PNG (or the format of the suffix), creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(torch.as_tensor(image).cpu(), dtype=np.uint8)).save(path)

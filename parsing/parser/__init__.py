@@ -1,0 +1,1 @@
+"""The face parser: models, losses, data sets, joint transforms, metrics, training, inference."""

@@ -1,0 +1,2 @@
+"""Real photographs: packaged photos, face detection and landmarks, landmark-based
+annotation and region editing."""

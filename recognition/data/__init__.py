@@ -1,0 +1,1 @@
+"""Training sets of aligned faces: ImageFolder, insightface RecordIO and the synthetic set."""

@@ -1,0 +1,286 @@
+"""Training sets of aligned faces: ImageFolder, insightface RecordIO, the synthetic set.
+
+Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask": uint8 (H, W)``
+(FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
+device after the loader (:mod:`recognition.augment`), so a run resumes exactly with any number
+of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
+:func:`collate_faces` counts it and fills its slot with another sample of the batch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, default_collate
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from fserasing.masks import MaskFolder, open_mask_source
+from parsing.core.errors import DataError, InputError, LabelError
+from parsing.core.io import IMAGE_EXTENSIONS
+from parsing.core.labels import FSE25
+from parsing.synth import SynthFaces
+from recognition.data.recordio import RecordIOReader
+
+__all__ = [
+    "FaceDataset",
+    "ImageFolderFaces",
+    "RecordIOFaces",
+    "SynthFaceSet",
+    "collate_faces",
+    "decode_face",
+    "open_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+
+def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
+    """Decode JPEG/PNG bytes to a (3, H, W) uint8 RGB tensor; DataError names ``where``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: undecodable image (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{where}: undecodable image ({exc})") from None
+    if size is not None and tuple(image.shape[1:]) != (size, size):
+        raise DataError(f"{where}: image is {image.shape[2]}x{image.shape[1]}, expected "
+                        f"aligned {size}x{size} faces")
+    return image
+
+
+class FaceDataset(Dataset):
+    """Base of the face training sets.
+
+    Subclasses set ``root``, ``keys`` (each sample's path under ``root``), ``labels`` and
+    ``num_classes``; ``_read(i) -> (image, label)`` reads ``image_path(i)`` unless overridden.
+    A mask source (:func:`fserasing.open_mask_source`: folder, tensor file, callable) pairs
+    masks with samples by that path.
+    """
+
+    root: Path
+    num_classes: int
+    keys: list[str]
+    labels: torch.Tensor
+
+    def __init__(self, masks: Any = None, skip_bad: bool = False, size: int | None = 112):
+        self.mask_source = open_mask_source(masks) if masks is not None else None
+        self.skip_bad = skip_bad
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.keys[index]
+
+    def _check_masks(self) -> None:
+        if self.mask_source is not None:
+            self.mask_source.check_dataset([self.image_path(i) for i in range(len(self))],
+                                           self.root)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.image_path(index)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable image ({exc.strerror})") from None
+        return decode_face(data, str(path), self.size), int(self.labels[index])
+
+    def _mask(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        path = self.image_path(index)
+        where = self.mask_source.describe(index, path, self.root)
+        mask = self.mask_source.load(index, path, self.root)
+        if mask.shape != image.shape[1:]:
+            raise DataError(f"{where}: mask is {tuple(mask.shape)}, image is "
+                            f"{tuple(image.shape[1:])}")
+        try:
+            FSE25.check(mask, where)
+        except LabelError as exc:  # a corrupt data file: skippable like any other
+            raise DataError(str(exc)) from None
+        return mask.to(torch.uint8)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            image, label = self._read(index)
+            sample = {"image": image, "label": label}
+            if self.mask_source is not None:
+                sample["mask"] = self._mask(index, image)
+        except DataError as exc:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping bad sample: %s", exc)
+            return None
+        return sample
+
+
+class ImageFolderFaces(FaceDataset):
+    """Aligned faces, one folder per identity; labels are the sorted folder indices."""
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112) -> None:
+        super().__init__(masks, skip_bad, size)
+        self.root = Path(root)
+        try:
+            self.classes, class_to_idx = find_classes(str(self.root))
+            items = make_dataset(str(self.root), class_to_idx, extensions=IMAGE_EXTENSIONS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise DataError(f"{self.root}: not an image folder of identities ({exc})") from None
+        self.keys = [str(Path(p).relative_to(self.root)) for p, _ in items]
+        self.labels = torch.tensor([c for _, c in items], dtype=torch.long)
+        self.num_classes = len(self.classes)
+        self._check_masks()
+
+
+class RecordIOFaces(FaceDataset):
+    """insightface ``train.rec`` + ``train.idx`` (reference §5.4), read without mxnet.
+
+    With the header record (key 0, flag > 0) the images are keys ``1..a-1`` and the identity
+    records say which key range belongs to which identity; each image's label is checked
+    against them. Without it every key is an image and labels are taken as they are. A label
+    that is not a whole number in ``0..num_classes-1``, or that disagrees with its identity
+    record, raises DataError naming the record (or is skipped with ``skip_bad``).
+    """
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112, num_classes: int | None = None) -> None:
+        super().__init__(masks, skip_bad, size)
+        root = Path(root)
+        rec = root / "train.rec" if root.is_dir() else root
+        self.root = rec.parent
+        self.reader = RecordIOReader(rec)
+        header = self.reader.read_header(0)[0] if 0 in self.reader.index else None
+        self.expected: np.ndarray | None = None
+        if header is not None and header.flag > 0:
+            if len(header.labels) < 2:
+                raise DataError(f"{self.reader.where(0)}: header record needs two labels (a, b)")
+            first_id, end_id = (int(v) for v in header.labels[:2])
+            image_keys = list(range(1, first_id))
+            self._require_keys(image_keys + list(range(first_id, end_id)))
+            self.num_classes = end_id - first_id
+            self.expected = self._identity_labels(first_id, end_id)
+            labels = self.expected
+        else:
+            image_keys = list(self.reader.keys)
+            labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
+            self.num_classes = int(labels.max(initial=-1)) + 1
+        if num_classes is not None:
+            if num_classes < self.num_classes:
+                raise DataError(f"{rec}: holds {self.num_classes} identities but num_classes is "
+                                f"{num_classes}")
+            self.num_classes = num_classes
+        self.image_keys = image_keys
+        self.keys = [str(k) for k in image_keys]
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self._check_masks()
+
+    def _require_keys(self, keys: Sequence[int]) -> None:
+        missing = [k for k in keys if k not in self.reader.index]
+        if missing:
+            raise DataError(f"{self.reader.idx_path}: the header record lists keys missing from "
+                            f"the index, e.g. {missing[:5]}")
+
+    def _identity_labels(self, first_id: int, end_id: int) -> np.ndarray:
+        expected = np.full(first_id - 1, -1, dtype=np.int64)
+        for identity, key in enumerate(range(first_id, end_id)):
+            head = self.reader.read_labels(key)
+            start, stop = (int(v) for v in (head.labels + (0, 0))[:2])
+            if head.flag < 2 or not 1 <= start <= stop <= first_id:
+                raise DataError(f"{self.reader.where(key)}: identity record with key range "
+                                f"{head.labels} outside the images 1..{first_id - 1}")
+            expected[start - 1: stop - 1] = identity
+        if (expected < 0).any():
+            key = int(np.flatnonzero(expected < 0)[0]) + 1
+            raise DataError(f"{self.reader.where(key)}: image belongs to no identity record")
+        return expected
+
+    def _label(self, key: int, header: Any) -> int:
+        head = header if header is not None else self.reader.read_labels(key)
+        value = head.label
+        if not (value >= 0 and float(value).is_integer()):
+            raise DataError(f"{self.reader.where(key)}: label {value} is not an identity index")
+        return int(value)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+        key = self.image_keys[index]
+        header, payload = self.reader.read_header(key)
+        label = self._label(key, header)
+        if self.expected is not None and label != self.expected[index]:
+            raise DataError(f"{self.reader.where(key)}: label {label} but its identity record "
+                            f"says {self.expected[index]}")
+        if label >= self.num_classes:
+            raise DataError(f"{self.reader.where(key)}: label {label} >= num_classes "
+                            f"{self.num_classes}")
+        return decode_face(payload, self.reader.where(key), self.size), label
+
+
+class SynthFaceSet(FaceDataset):
+    """The synthetic set of ``python -m parsing.synth`` (indexed by :class:`SynthFaces`).
+
+    Labels are the sorted index of each identity; ``masks="labels"`` uses the set's own
+    ``labels_25`` maps, any other mask source is used as given.
+    """
+
+    def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112) -> None:
+        root = Path(root)
+        if isinstance(masks, str) and masks == "labels":
+            masks = _SynthLabelMaps(root / "labels_25")
+        super().__init__(masks, skip_bad, size)
+        index = SynthFaces(root)
+        if len(index) == 0:
+            raise DataError(f"{root}: no images listed in anno_list.csv")
+        self.root = root / "images"
+        self.identities = sorted(set(index.identities))
+        to_label = {c: i for i, c in enumerate(self.identities)}
+        self.keys = [f"{fid:06d}.png" for fid in index.frame_ids]
+        self.labels = torch.tensor([to_label[c] for c in index.identities], dtype=torch.long)
+        self.num_classes = len(self.identities)
+        self._check_masks()
+
+
+class _SynthLabelMaps(MaskFolder):
+    """``labels_25/<frame>_seg.png`` beside ``images/<frame>.png``."""
+
+    def path_for(self, image_path: Path, root: Path) -> Path:
+        rel = Path(image_path).relative_to(root)
+        return self.root / rel.parent / f"{rel.stem}_seg.png"
+
+
+def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
+                 size: int | None = 112, num_classes: int | None = None) -> FaceDataset:
+    """Pick the reader from the folder: ``train.rec`` -> RecordIO, ``identities.csv`` and
+    ``anno_list.csv`` -> synthetic set, else an ImageFolder of identities."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such dataset")
+    if path.suffix == ".rec" or (path / "train.rec").is_file():
+        return RecordIOFaces(path, masks, skip_bad, size, num_classes)
+    if (path / "identities.csv").is_file() and (path / "anno_list.csv").is_file():
+        return SynthFaceSet(path, masks, skip_bad, size)
+    if masks == "labels":
+        raise InputError(f"{path}: masks='labels' needs a parsing.synth folder")
+    return ImageFolderFaces(path, masks, skip_bad, size)
+
+
+def collate_faces(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """``default_collate`` plus ``"skipped"``: how many samples were unreadable (``None``).
+
+    Their slots are filled with copies of readable samples of the same batch, so every batch
+    keeps its size (DDP and PartialFC need the same batch size on every process).
+    """
+    good = [s for s in batch if s is not None]
+    if not good:
+        raise DataError(f"all {len(batch)} samples of a batch are unreadable")
+    out = default_collate([s if s is not None else good[i % len(good)]
+                           for i, s in enumerate(batch)])
+    out["skipped"] = len(batch) - len(good)
+    return out

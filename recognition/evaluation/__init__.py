@@ -1,0 +1,1 @@
+"""Evaluation: embeddings, ROC, .bin verification, IJB-B/C, occlusion, protocol writers, plots."""

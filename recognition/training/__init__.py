@@ -1,0 +1,1 @@
+"""The recognition trainer: configuration, resumable training loop, DDP."""

@@ -1,0 +1,192 @@
+"""Training configuration: insightface ``arcface_torch`` field names, YAML files, CLI overrides.
+
+Fields that exist in insightface's configs keep their names and meaning (``network``,
+``margin_list``, ``embedding_size``, ``sample_rate``, ``fp16``, ``batch_size`` (per process),
+``lr``, ``num_epoch``, ``warmup_epoch``, ``rec``, ``num_classes``, ...). insightface-only
+switches we do not use (``dali``, ``using_wandb``, ...) are accepted in YAML and ignored with a
+warning; any other unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parsing.core.errors import InputError
+
+__all__ = ["LOSS_MARGINS", "TrainConfig", "load_config"]
+
+log = logging.getLogger(__name__)
+
+#: (m1, m2, m3) of the named losses; ``combined`` takes ``margin_list`` as given.
+LOSS_MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.4)}
+AUGMENTATIONS = ("none", "fserasing", "random-erasing", "cutout")
+_IGNORED_INSIGHTFACE_KEYS = {
+    "dali", "dali_aug", "using_wandb", "wandb_key", "wandb_entity", "wandb_project",
+    "wandb_log_all", "wandb_resume", "save_artifacts", "suffix_run_name", "notes", "num_image",
+    "save_all_states", "loss_w",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the run folder and the checkpoint)."""
+
+    # -- insightface arcface_torch names --
+    rec: str = ""  #: training data: ImageFolder, folder with train.rec, or parsing.synth folder
+    network: str = "iresnet34"
+    margin_list: tuple[float, float, float] | None = None  #: (m1, m2, m3); default from loss
+    embedding_size: int = 512
+    sample_rate: float = 1.0  #: PartialFC: fraction of class centres per step (1 = all)
+    interclass_filtering_threshold: float = 0.0
+    num_classes: int | None = None  #: default: from the data
+    fp16: bool = False  #: mixed precision on CUDA (see amp_dtype)
+    batch_size: int = 128  #: per process
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    num_epoch: int = 20
+    warmup_epoch: int = 0
+    gradient_acc: int = 1
+    seed: int = 2048
+    num_workers: int = 2
+    frequent: int = 10  #: log every this many steps
+    verbose: int = 2000  #: verify every this many steps (and at the end)
+    val_targets: list[str] = field(default_factory=list)  #: .bin paths or synth:DIR
+    output: str = "runs/train"
+    resume: bool = False
+    # -- ours --
+    loss: str = "arcface"  #: arcface | cosface | combined (combined: margin_list as given)
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)  #: modules to import (custom backbones)
+    aug: str = "none"  #: none | fserasing | random-erasing | cutout
+    masks: str | None = None  #: folder / tensor file / "parser:CKPT" / "labels" (synth)
+    fserasing: dict[str, Any] = field(default_factory=lambda: {"p": 0.5, "n_erase": [1, 3]})
+    random_erasing: dict[str, Any] = field(default_factory=lambda: {"p": 0.5})
+    cutout: dict[str, Any] = field(default_factory=lambda: {"p": 0.5, "size": 48})
+    flip: bool = True  #: random horizontal flip (masks flipped with left/right ids swapped)
+    amp_dtype: str = "float16"  #: float16 (with GradScaler) | bfloat16
+    channels_last: bool = False
+    clip_grad_norm: float = 5.0  #: as insightface; 0 disables
+    save_every_steps: int = 0  #: 0: checkpoint at the end of each epoch only
+    deterministic: bool = False  #: torch.use_deterministic_algorithms (exact resume on CPU)
+    skip_bad: bool = False
+    device: str | None = None  #: default: cuda:LOCAL_RANK if available, else cpu
+    image_size: int = 112
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def margins(self) -> tuple[float, float, float]:
+        return tuple(self.margin_list) if self.margin_list is not None else LOSS_MARGINS[
+            self.loss]
+
+    def validate(self) -> None:
+        """Coerce numbers (YAML reads ``5e-4`` as a string) and raise InputError naming the
+        first bad field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise InputError(f"{f.name}: expected a number, got {value!r}") from None
+                if f.type == "int" and not number.is_integer():
+                    raise InputError(f"{f.name}: expected an integer, got {value!r}")
+                setattr(self, f.name, int(number) if f.type == "int" else number)
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise InputError(f"{f.name}: expected true or false, got {value!r}")
+        if self.loss not in (*LOSS_MARGINS, "combined"):
+            raise InputError(f"loss must be arcface, cosface or combined, got {self.loss!r}")
+        if self.margin_list is not None:
+            m = tuple(float(v) for v in self.margin_list)
+            if len(m) != 3:
+                raise InputError(f"margin_list needs three values m1,m2,m3, got {m}")
+            self.margin_list = m
+            if self.loss == "arcface" and (m[0] != 1.0 or m[2] != 0.0):
+                raise InputError(f"margins {m} are not ArcFace (1, m2, 0); use loss: combined")
+            if self.loss == "cosface" and (m[0] != 1.0 or m[1] != 0.0):
+                raise InputError(f"margins {m} are not CosFace (1, 0, m3); use loss: combined")
+        elif self.loss == "combined":
+            raise InputError("loss 'combined' needs margin_list (--margins m1,m2,m3)")
+        if self.aug not in AUGMENTATIONS:
+            raise InputError(f"aug must be one of {', '.join(AUGMENTATIONS)}, got {self.aug!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise InputError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise InputError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise InputError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.gradient_acc != 1:
+            raise InputError("gradient_acc other than 1 is not supported")
+        for name in ("batch_size", "num_epoch", "embedding_size", "frequent", "verbose"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_epoch < 0 or self.warmup_epoch > self.num_epoch:
+            raise InputError(f"warmup_epoch must be in 0..num_epoch, got {self.warmup_epoch}")
+        if self.save_every_steps < 0 or self.num_workers < 0:
+            raise InputError("save_every_steps and num_workers must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe values (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a YAML file (insightface field names) with ``overrides`` on top.
+
+    ``None`` overrides are ignored, so unset command-line flags keep the file's values.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: expected a mapping of config fields")
+        values.update(loaded)
+    known = _fields()
+    for key in sorted(set(values) - set(known)):
+        if key in _IGNORED_INSIGHTFACE_KEYS:
+            log.warning("%s: ignoring insightface field %r (not used here)", path, key)
+            values.pop(key)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{path}: unknown config field(s) {', '.join(unknown)}")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in known:
+            raise InputError(f"unknown config field {key!r}")
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
+    if isinstance(values.get("rec"), list):
+        raise InputError(f"{path}: multi-dataset 'rec' lists are not supported; give one path")
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise InputError(f"{path or 'config'}: {exc}") from None
