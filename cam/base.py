@@ -13,7 +13,8 @@ from cam.targets import Target, as_target
 from parsing.core.errors import InputError
 from parsing.core.progress import progress_bar
 
-__all__ = ["Explanation", "Explainer", "ActivationGradientExplainer", "minmax", "resolve_layer"]
+__all__ = ["Explanation", "Explainer", "ActivationGradientExplainer", "default_layer", "minmax",
+           "resolve_layer"]
 
 
 @dataclass
@@ -56,6 +57,34 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     if not any(m is layer for m in model.modules()):
         raise InputError(f"target layer {type(layer).__name__} is not a submodule of the model")
     return layer
+
+
+def default_layer(model: nn.Module, device: torch.device | str = "cpu") -> str:
+    """IResNet: the last block of layer4 (7x7). Other backbones: the last top-level module
+    whose output is still a spatial (B, C, H, W) map (e.g. MobileFaceNet's ``conv_sep``)."""
+    stage = getattr(model, "layer4", None)
+    if isinstance(stage, nn.Sequential):
+        return f"layer4.{len(stage) - 1}"
+    spatial: list[str] = []
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, out: Tensor) -> None:
+            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
+                spatial.append(name)
+        return hook
+
+    handles = [child.register_forward_hook(record(name)) for name, child in
+               model.named_children()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 112, 112, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not spatial:
+        raise InputError(f"{type(model).__name__}: no spatial layer found for Grad-CAM/Group-CAM;"
+                         " give the target layer")
+    return spatial[-1]
 
 
 def check_images(images: Tensor) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cam import plot
-from cam.base import Explainer, Explanation
+from cam.base import Explainer, Explanation, default_layer
 from cam.fscam import FSCAM
 from cam.gradcam import GradCAM
 from cam.groupcam import GroupCAM
@@ -157,34 +157,6 @@ class LabelSource:
             raise InputError(f"{file}: label map is {label_map.shape[1]}x{label_map.shape[0]}, "
                              "the aligned face is 112x112")
         return label_map
-
-
-def default_layer(model: nn.Module, device: str) -> str:
-    """IResNet: the last block of layer4 (7x7). Other backbones: the last top-level module
-    whose output is still a spatial (B, C, H, W) map (e.g. MobileFaceNet's ``conv_sep``)."""
-    stage = getattr(model, "layer4", None)
-    if isinstance(stage, nn.Sequential):
-        return f"layer4.{len(stage) - 1}"
-    spatial: list[str] = []
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple, out: Tensor) -> None:
-            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
-                spatial.append(name)
-        return hook
-
-    handles = [child.register_forward_hook(record(name)) for name, child in
-               model.named_children()]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 112, 112, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not spatial:
-        raise InputError(f"{type(model).__name__}: no spatial layer found for Grad-CAM/Group-CAM;"
-                         " give --target-layer")
-    return spatial[-1]
 
 
 def build_explainers(args: argparse.Namespace, model: nn.Module) -> dict[str, Explainer]:
