@@ -77,6 +77,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reference-landmarks", help="five points of --reference")
     ap.add_argument("--target-layer", help="layer for Grad-CAM/Group-CAM (default: the last "
                                            "block of layer4)")
+    ap.add_argument("--mark", metavar="REGIONS",
+                    help="outline these FSE-25 regions in the figures, e.g. the known identity "
+                         "regions of a parsing.synth --identity-regions set (eyes,nose)")
     ap.add_argument("--rise-masks", type=int, default=4000)
     ap.add_argument("--groups", type=int, default=32, help="Group-CAM channel groups")
     ap.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> None:
     label_source = LabelSource(args)
     explainers = build_explainers(args, model)
     targets, description = targets_for(args, model)
+    marked = torch.tensor(FSE25.ids(args.mark.split(","))) if args.mark else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"target: {description}")
@@ -229,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
             stats[name].update(torch.where(present, shares[name], float("nan")))
         for i, path in enumerate(chunk):
             rows += write_image_outputs(out, path, faces[i], label_maps[i], results, shares, i,
-                                        description)
+                                        description, marked)
     for explainer in explainers.values():
         explainer.close()
     write_csv(out / "regions.csv", rows)
@@ -241,7 +245,7 @@ def run(args: argparse.Namespace) -> None:
 
 def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
                         results: dict[str, Explanation], shares: dict[str, Tensor], i: int,
-                        description: str) -> list[dict]:
+                        description: str, marked: Tensor | None = None) -> list[dict]:
     stem = path.stem
     present = torch.unique(label_map).tolist()
     absent = torch.ones(FSE25.num_classes, dtype=torch.bool)
@@ -253,7 +257,10 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
               for name, r in results.items()}
     plot.compare(face, {titles[n]: r.map[i] for n, r in results.items()},
                  {titles[n]: v for n, v in bars.items()}, label_map=label_map,
-                 title=f"{path.name}: {description}", path=out / f"{stem}.png")
+                 title=f"{path.name}: {description}" + ("" if marked is None else
+                                                        " (outlined: marked regions)"),
+                 path=out / f"{stem}.png",
+                 marked=None if marked is None else torch.isin(label_map.long(), marked))
     record = {"image": str(path), "target": description, "methods": {}}
     rows = []
     for name, r in results.items():
