@@ -118,7 +118,7 @@ def prepare_synthetic(args: argparse.Namespace, root: Path) -> dict:
                                      "--device", args.device, "--out",
                                      str(parser_dir / "eval.json")]), "parsing.evaluate")
     n_pairs = max(20, round(args.pairs * args.scale))
-    bin_path = root / "eval" / f"{held_out.name}_{n_pairs}.bin"
+    bin_path = root / "eval" / f"{held_out.name}_{n_pairs}" / "held_out.bin"
     if not bin_path.is_file():
         bin_path.parent.mkdir(parents=True, exist_ok=True)
         check(make_verification_bin.main(["--faces", str(held_out), "--out", str(bin_path),
