@@ -24,13 +24,9 @@ from fserasing import RegionEraser
 from fserasing.box_erasing import BatchCutout, BatchRandomErasing
 from parsing.core.errors import InputError
 from parsing.core.labels import get_label_set
+from parsing.core.pixels import normalise
 
-__all__ = ["BatchAugment", "BatchCutout", "BatchRandomErasing", "flip_batch", "normalise"]
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (B, 3, H, W) -> float (x / 255 - 0.5) / 0.5, the insightface input."""
-    return images.float().div_(127.5).sub_(1.0)
+__all__ = ["BatchAugment", "BatchCutout", "BatchRandomErasing", "flip_batch"]
 
 
 def flip_batch(images: torch.Tensor, masks: torch.Tensor | None, flip: torch.Tensor,

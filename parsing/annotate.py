@@ -47,7 +47,7 @@ def _face_box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
 
 
 def _contact_sheet(path: Path, items: list[tuple[np.ndarray, np.ndarray]], size: int = 224) -> None:
-    """Each face cropped around its labels and resized, beside its FSE-25 map (parsing.viz)."""
+    """Each face cropped around its labels and resized, beside its FSE-25 map (parsing.core.viz)."""
     faces, maps = [], []
     for img, labels in items:
         box = _face_box(labels)

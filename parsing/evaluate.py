@@ -2,7 +2,7 @@
 
 ``python -m parsing.evaluate --checkpoint runs/parser/best.pt --data synth:data/synth_test``
 prints a table and writes the scores (and the confusion matrix) as JSON (reference §2.5; the
-conventions are those of :mod:`parsing.metrics`).
+conventions are those of :mod:`parsing.parser.metrics`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Writes one single-channel label PNG per image at the same relative path with a ``.png``
 suffix (``faces/a/b.jpg`` -> ``faces_masks/a/b.png``), read back by
-``parsing.io.read_label_map``, and ``OUT/predictions.csv`` (image, mask). ``--images`` is a
+``parsing.core.io.read_label_map``, and ``OUT/predictions.csv`` (image, mask). ``--images`` is a
 directory (searched recursively) or a text file listing image paths (relative to the file's
 folder, or absolute). ``--overlay`` also writes colour overlays to ``OUT_overlays/`` (or the
 folder given); ``--sheet PNG`` a contact sheet of the first 16 faces beside their masks.
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from parsing.core.cli import cli_main
 from parsing.core.io import list_images, write_label_map
+from parsing.core.pixels import denormalise
 from parsing.core.progress import progress_bar
 from parsing.core.viz import contact_sheet, overlay
 from parsing.parser.data import BadSample
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 mask_path.parent.mkdir(parents=True, exist_ok=True)
                 write_label_map(mask_path, label_map)
                 written.append((str(paths[i]), str(mask_path)))
-                rgb = ((image + 1) * 127.5).round().byte()
+                rgb = denormalise(image)
                 if args.sheet and len(sheet) < 16 and (not sheet or sheet[0][0].shape == rgb.shape):
                     sheet.append((rgb, label_map))
                 if overlay_dir is not None:

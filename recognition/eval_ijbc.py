@@ -1,15 +1,14 @@
 """IJB-C / IJB-B evaluation: ``python -m recognition.eval_ijbc --checkpoint C --network N
 --data DIR --out OUT``.
 
-Aligns every loose crop with its five points (batched on the device), embeds the image and
-its mirror, aggregates templates and scores all template pairs (``recognition.ijbc``), then
-writes to OUT: ``{name}_features.npy`` (flip-fused image features, reusable with
+Aligns every loose crop with its five points (batched on the device), embeds the image and its
+mirror, aggregates templates and scores all template pairs (``recognition.evaluation.ijbc``),
+then writes to OUT: ``{name}_features.npy`` (flip-fused image features, reusable with
 ``--features``), ``{name}_scores.npy`` (one score per line of the pair file),
 ``{name}_verification.json`` (TAR at FAR 1e-6 ... 1e-1, AUC, and 1:N results when the
 gallery/probe files exist) and ``{name}_roc.png``. insightface's published numbers use
-``--use-norm-score --use-detector-score`` (its N1D1F1 mode). On CPU, set
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824``
-(reference §8).
+``--use-norm-score --use-detector-score`` (its N1D1F1 mode). On CPU, set ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824`` (reference §8).
 """
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report, (fpr, tpr), (templates, template_feats), rows = evaluate_verification(
         features, protocol, use_detector_score=args.use_detector_score,
         use_norm_score=args.use_norm_score)
-    # float64 cosine scores: recognition.roc.verification_report on them gives the same table
+    # float64 cosine scores: roc.verification_report on them gives the same table
     np.save(out / f"{protocol.name}_scores.npy",
             pair_scores(template_feats.cpu(), rows[:, 0], rows[:, 1]))
     result = {

@@ -1,7 +1,7 @@
 """Verification accuracy on ``.bin`` sets: ``python -m recognition.eval_verification
 --checkpoint C --network iresnet34 --bin lfw.bin cfp_fp.bin agedb_30.bin``.
 
-Each ``.bin`` is loaded without running code (``recognition.verification.load_bin``), its
+Each ``.bin`` is loaded without running code (``recognition.evaluation.verification.load_bin``), its
 faces decoded, embedded as ``normalise(f(x) + f(flip x))`` and scored with insightface's
 10-fold protocol. Prints a table of accuracy ± std and, with ``--out``, writes
 ``verification.json`` and ``verification.csv`` there.

@@ -3,8 +3,8 @@
 --faces SYNTH_DIR --out synth.bin --pairs 600``.
 
 ``SYNTH_DIR`` is a ``parsing.synth`` data set of aligned 112x112 faces. Pairs are sampled
-with half of them genuine (``recognition.verification.sample_pairs``); each face is stored
-JPEG-encoded, as in insightface's ``lfw.bin``.
+with half of them genuine (``recognition.evaluation.verification.sample_pairs``); each face
+is stored JPEG-encoded, as in insightface's ``lfw.bin``.
 """
 
 from __future__ import annotations

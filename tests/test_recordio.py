@@ -14,12 +14,12 @@ from recognition.data.recordio import (
     RecordIOReader,
     RecordIOWriter,
     encode_frames,
-    main,
     pack,
     pack_image_folder,
     unpack,
     write_recordio,
 )
+from recognition.make_recordio import main
 
 M = struct.pack("<I", MAGIC)
 

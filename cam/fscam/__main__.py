@@ -36,9 +36,10 @@ from parsing.core.cli import cli_main
 from parsing.core.errors import InputError
 from parsing.core.io import list_images, read_image, read_label_map
 from parsing.core.labels import FSE25
+from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.photos.landmarks import detect_faces
-from recognition.evaluation.embedding import load_backbone, network_kwargs_arg, to_model_input
+from recognition.evaluation.embedding import load_backbone, network_kwargs_arg
 
 METHODS = ("fscam", "gradcam", "rise", "groupcam")
 GRADIENT_METHODS = ("gradcam", "groupcam")
@@ -71,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     align = ap.add_mutually_exclusive_group()
     align.add_argument("--aligned", action="store_true",
                        help="the images are 112x112 ArcFace crops already (default: align "
-                            "with --landmarks, or with MTCNN's five points: `make landmarks`)")
+                            "with --landmarks, or with MTCNN's five points)")
     align.add_argument("--landmarks", help="x1,y1,...,x5,y5: five points of --image (eyes, "
                                            "nose tip, mouth corners; image-left first)")
     ap.add_argument("--reference-landmarks", help="five points of --reference")
@@ -208,7 +209,7 @@ def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, T
         face = load_face(Path(args.reference), args.aligned and not args.reference_landmarks,
                          args.reference_landmarks, "--reference-landmarks")
         with torch.no_grad():
-            reference = model(to_model_input(face[None]).to(args.device))[0]
+            reference = model(normalise(face[None]).to(args.device))[0]
         target = SimilarityTarget(reference)
         return dict.fromkeys(METHODS, target), \
             f"cosine similarity to the embedding of {args.reference}"
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> None:
         chunk = paths[start:start + IMAGES_PER_STEP]
         faces = torch.stack([load_face(p, args.aligned, args.landmarks, "--landmarks")
                              for p in chunk])
-        images = to_model_input(faces).to(args.device)
+        images = normalise(faces).to(args.device)
         label_maps = label_source(chunk, images)
         results: dict[str, Explanation] = {}
         for name, explainer in explainers.items():

@@ -1,7 +1,7 @@
-"""Five-point similarity alignment to the ArcFace 112x112 template (reference §5.1).
+"""Five-point similarity alignment of faces and label maps to the ArcFace 112x112 template.
 
-``python -m parsing.align --images DIR --out DIR [--detector mtcnn|facemesh]`` detects the
-best face of each photo (:mod:`parsing.landmarks`, optional packages) and writes the crops.
+The template and point order are those of reference §5.1; ``python -m parsing.align`` is the
+command over a folder.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every dataset yields ``(image, label_map)``: without a transform a uint8 (3, H, W) image and
 a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_transform`,
 :func:`eval_transform`). Label maps are converted from the dataset's own label set to the
-``labels`` asked for (``parsing.labels.convert``). Layouts (reference §2.3, §2.4):
+``labels`` asked for (``parsing.core.labels.convert``). Layouts (reference §2.3, §2.4):
 
 * ``facesynthetics``: ``ROOT/{id:06d}.png``, ``{id:06d}_seg.png`` (own 19 classes),
   ``{id:06d}_ldmks.txt`` (70 lines ``x y``); FSE-25 labels in ``ROOT/labels_25/{id:06d}_seg.png``

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import load_checkpoint, read_image
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.pixels import normalise
 from parsing.parser.data import BadSample
 from parsing.parser.models import create_model, fuse_batchnorm
 
@@ -128,4 +129,4 @@ class ImageFiles(Dataset):
                 return BadSample(str(exc))
             raise
         image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
-        return image.float().div_(127.5).sub_(1.0), i
+        return normalise(image), i

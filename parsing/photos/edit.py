@@ -6,7 +6,7 @@ a Gaussian-blurred mask gives soft edges. This is the recolouring application of
 U-Net face segmenter (reference §6).
 
 ``python -m parsing.edit --image photo.jpg --annotate --regions lips --color "#a03020"
---out out.png`` labels the photo with Face Mesh (:mod:`parsing.annotate`: face interior
+--out out.png`` labels the photo with Face Mesh (:mod:`parsing.photos.annotate`: face interior
 only), ``--parser CKPT`` with a trained parser on the aligned face (:func:`parse_photo`),
 ``--labels PNG`` with a given FSE-25 map.
 """
@@ -25,6 +25,7 @@ from PIL import Image, ImageColor
 from parsing.core.align import ARCFACE_TEMPLATE, estimate_similarity
 from parsing.core.errors import InputError
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.pixels import normalise
 
 __all__ = ["parse_photo", "recolor", "region_mask"]
 
@@ -138,7 +139,7 @@ def parse_photo(
     photo = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)[None].float()
     crop = warp_affine(photo, matrix, dsize=(size, size), mode="bilinear", padding_mode="zeros",
                        align_corners=True)
-    labels = parser((crop / 255.0 - 0.5) / 0.5)
+    labels = parser(normalise(crop))
     back = warp_affine(labels.float().reshape(1, 1, size, size).cpu(),
                        invert_affine_transform(matrix), dsize=(h, w), mode="nearest",
                        padding_mode="zeros", align_corners=True)

@@ -2,7 +2,7 @@
 
 Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask": uint8 (H, W)``
 (FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
-device after the loader (:mod:`recognition.augment`), so a run resumes exactly with any number
+device after the loader (:mod:`fserasing.augment`), so a run resumes exactly with any number
 of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
 :func:`collate_faces` counts it and fills its slot with another sample of the batch.
 """

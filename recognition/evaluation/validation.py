@@ -1,10 +1,11 @@
 """Verification during training, on ``.bin`` sets (LFW, CFP-FP, AgeDB-30) or synthetic pairs.
 
-A thin adapter over :mod:`recognition.verification` and :mod:`recognition.embedding`: the
-protocol is insightface's (flip-fused, L2-normalised embeddings, squared distances, 10 folds,
-best threshold on the other nine). Targets are named as in ``--val``: a path to a ``.bin``
-file, or ``synth:DIR`` for a ``parsing.synth`` folder of held-out identities, whose pairs are
-drawn with :func:`recognition.verification.sample_pairs` (half genuine, fixed seed).
+A thin adapter over :mod:`recognition.evaluation.verification` and
+:mod:`recognition.evaluation.embedding`: the protocol is insightface's (flip-fused,
+L2-normalised embeddings, squared distances, 10 folds, best threshold on the other nine).
+Targets are named as in ``--val``: a path to a ``.bin`` file, or ``synth:DIR`` for a
+``parsing.synth`` folder of held-out identities, whose pairs are drawn with
+:func:`recognition.evaluation.verification.sample_pairs` (half genuine, fixed seed).
 """
 
 from __future__ import annotations
