@@ -671,5 +671,5 @@ def test_cli_finds_the_face_with_mtcnn(cli_setup, capsys):
     blank = np.full((96, 96, 3), 127, np.uint8)
     Image.fromarray(blank).save(tmp / "blank.png")
     code = main(["--image", str(tmp / "blank.png"), "--parser", str(tmp / "parser.pt"),
-                 "--out", str(tmp / "out"), *common])
+                 "--out", str(tmp / "out_blank"), *common])
     assert code == 2 and "no face found by MTCNN" in capsys.readouterr().err

@@ -32,10 +32,11 @@ from cam.rise import RISE
 from cam.targets import SimilarityTarget, Target
 from parsing import Parser
 from parsing.core.align import align_face
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
 from parsing.core.errors import InputError
 from parsing.core.io import list_images, read_image, read_label_map
 from parsing.core.labels import FSE25
+from parsing.core.paths import check_unique_keys, output_dir
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.photos.landmarks import detect_faces
@@ -48,7 +49,7 @@ IMAGES_PER_STEP = 8
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m cam.fscam", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     source = ap.add_mutually_exclusive_group(required=True)
@@ -78,12 +79,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reference-landmarks", help="five points of --reference")
     ap.add_argument("--target-layer", help="layer for Grad-CAM/Group-CAM (default: the last "
                                            "block of layer4)")
-    ap.add_argument("--rise-masks", type=int, default=4000)
-    ap.add_argument("--groups", type=int, default=32, help="Group-CAM channel groups")
-    ap.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rise-masks", type=positive_int, default=4000)
+    ap.add_argument("--groups", type=positive_int, default=32, help="Group-CAM channel groups")
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
+    ap.add_argument("--device", type=device, default="cpu")
     ap.add_argument("--seed", type=int, default=0, help="RISE masks")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into an --out that already holds files")
     return ap.parse_args(argv)
 
 
@@ -116,14 +119,17 @@ def load_face(path: Path, aligned: bool, landmarks: str | None, what: str) -> Te
     return align_face(face, found.landmarks5[0])
 
 
-def images_to_explain(args: argparse.Namespace) -> list[Path]:
+def images_to_explain(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """The images and the names of their outputs (relative path without the suffix)."""
     if args.image:
-        return [Path(args.image)]
-    paths, _ = list_images(args.images)
+        return [Path(args.image)], [Path(args.image).stem]
+    paths, rels = list_images(args.images)
     if args.landmarks:
         raise InputError("--landmarks describes one --image; a folder is aligned by MTCNN or "
                          "given as --aligned crops")
-    return paths
+    names = [r.with_suffix("").as_posix() for r in rels]
+    check_unique_keys(paths, names, f"--images {args.images}")
+    return paths, names
 
 
 class LabelSource:
@@ -224,15 +230,15 @@ def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, T
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.rise_masks < 1 or args.batch_size < 1:
-        raise InputError("--rise-masks and --batch-size must be >= 1")
-    paths = images_to_explain(args)
+    paths, names = images_to_explain(args)
+    out = output_dir(args.out, {"--image": args.image, "--images": args.images,
+                                "--reference": args.reference, "--model": args.model,
+                                "--parser": args.parser, "--labels": args.labels},
+                     overwrite=args.overwrite)
     model = load_backbone(args.model, args.network, args.network_kwargs, args.device)
     label_source = LabelSource(args)
     explainers = build_explainers(args, model)
     targets, description = targets_for(args, model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"target: {description}")
     stats = {name: RegionStats() for name in explainers}
     fscam_stats = RegionStats()
@@ -257,8 +263,8 @@ def run(args: argparse.Namespace) -> None:
         for name in results:  # absent regions do not count in the summary
             stats[name].update(torch.where(present, shares[name], float("nan")))
         for i, path in enumerate(chunk):
-            rows += write_image_outputs(out, path, faces[i], label_maps[i], results, shares, i,
-                                        description)
+            rows += write_image_outputs(out, path, names[start + i], faces[i], label_maps[i],
+                                        results, shares, i, description)
     for explainer in explainers.values():
         explainer.close()
     write_csv(out / "regions.csv", rows)
@@ -268,10 +274,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} figure(s) and regions.csv to {out}")
 
 
-def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
+def write_image_outputs(out: Path, path: Path, key: str, face: Tensor, label_map: Tensor,
                         results: dict[str, Explanation], shares: dict[str, Tensor], i: int,
                         description: str) -> list[dict]:
-    stem = path.stem
+    (out / key).parent.mkdir(parents=True, exist_ok=True)
     present = torch.unique(label_map).tolist()
     absent = torch.ones(FSE25.num_classes, dtype=torch.bool)
     absent[present] = False
@@ -282,7 +288,7 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
               for name, r in results.items()}
     plot.compare(face, {titles[n]: r.map[i] for n, r in results.items()},
                  {titles[n]: v for n, v in bars.items()}, label_map=label_map,
-                 title=f"{path.name}: {description}", path=out / f"{stem}.png")
+                 title=f"{path.name}: {description}", path=out / f"{key}.png")
     record = {"image": str(path), "target": description, "methods": {}}
     rows = []
     for name, r in results.items():
@@ -298,7 +304,7 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
                 entry["region_score"][region] = row["region_score"] = float(r.region_scores[i, k])
             rows.append(row)
         record["methods"][name] = entry
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{key}.json").write_text(json.dumps(record, indent=2))
     first = next(iter(results))
     top = sorted(present, key=lambda k: -float(bars[first][k].nan_to_num(float("-inf"))))[:5]
     print(f"{path.name}: top regions by {titles[first]}: "

@@ -159,7 +159,10 @@ def read_landmarks_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         if len(row) != 11 or not all(_is_number(v) for v in row[1:]):
             raise DataError(f"{path}:{n}: expected key and 10 coordinates, got {len(row)} fields")
-        out[_key(row[0].strip())] = np.asarray(row[1:], dtype=np.float64).reshape(5, 2)
+        points = np.asarray(row[1:], dtype=np.float64).reshape(5, 2)
+        if not np.isfinite(points).all():
+            raise DataError(f"{path}:{n}: landmarks must be finite numbers, got {row[1:]}")
+        out[_key(row[0].strip())] = points
     if not out:
         raise DataError(f"{path}: no landmark rows")
     return out

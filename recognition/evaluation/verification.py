@@ -190,8 +190,13 @@ def sample_pairs(identities: np.ndarray, n_pairs: int, seed: int = 0
     repeated = np.flatnonzero(counts >= 2)
     if len(repeated) == 0 or len(subjects) < 2:
         raise InputError("need at least two identities, one of them with two or more images")
-    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
     n_genuine = n_pairs // 2
+    genuine = int((counts * (counts - 1) // 2).sum())
+    impostor = len(identities) * (len(identities) - 1) // 2 - genuine
+    if n_pairs < 1 or n_genuine > genuine or n_pairs - n_genuine > impostor:
+        raise InputError(f"--pairs {n_pairs}: {len(identities)} images make only {genuine} "
+                         f"genuine and {impostor} impostor pairs (half of the pairs are genuine)")
+    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
     first, second = [], []
     for s in rng.choice(repeated, n_genuine):
         a, b = rng.choice(members[s], 2, replace=False)
