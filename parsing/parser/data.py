@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec",
-    "FaceSynthetics", "FolderDataset", "ParsingDataset", "build_dataset", "collate",
+    "FaceSynthetics", "FolderDataset", "ParsingDataset", "SeededSamples", "build_dataset",
+    "collate",
     "count_labels", "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
     "train_transform",
 ]
@@ -385,6 +386,31 @@ def _to_model_input() -> list[Any]:
         v2.Normalize([0.5] * 3, [0.5] * 3),
         v2.ToPureTensor(),
     ]
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` read (and augmented) under a torch RNG seeded from (seed, epoch, i).
+
+    The random transform of each sample is then the same whichever loader process reads it,
+    so a run gives the same batches with any ``num_workers``. Call :meth:`set_epoch` before
+    each epoch's iterator is created (workers copy the dataset when they start).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        entropy = [self.seed % 2**64, self.epoch, index]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -9,6 +9,7 @@ of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -78,6 +79,15 @@ class FaceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Image count, identity count and a SHA-256 of the (key, label) list: what a resumed
+        run checks it continues on the same data."""
+        digest = hashlib.sha256()
+        for key, label in zip(self.keys, self.labels.tolist(), strict=True):
+            digest.update(f"{key}\t{label}\n".encode())
+        return {"images": len(self.keys), "identities": int(self.num_classes),
+                "files": digest.hexdigest()}
 
     def image_path(self, index: int) -> Path:
         return self.root / self.keys[index]

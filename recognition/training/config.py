@@ -9,8 +9,10 @@ warning; any other unknown key is an error.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from parsing.core.cli import device as device_type
 from parsing.core.errors import InputError
 
 __all__ = ["LOSS_MARGINS", "TrainConfig", "load_config"]
@@ -134,6 +137,21 @@ class TrainConfig:
             raise InputError(f"warmup_epoch must be in 0..num_epoch, got {self.warmup_epoch}")
         if self.save_every_steps < 0 or self.num_workers < 0:
             raise InputError("save_every_steps and num_workers must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay", "clip_grad_norm"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.interclass_filtering_threshold < 1.0:
+            raise InputError("interclass_filtering_threshold must be in [0, 1), got "
+                             f"{self.interclass_filtering_threshold}")
+        if self.image_size < 16:
+            raise InputError(f"image_size must be >= 16, got {self.image_size}")
+        if self.device is not None:
+            try:
+                device_type(str(self.device))
+            except argparse.ArgumentTypeError as exc:
+                raise InputError(f"device: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe values (tuples become lists)."""
