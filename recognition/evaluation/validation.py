@@ -22,6 +22,7 @@ from recognition.evaluation.embedding import embed
 from recognition.evaluation.verification import (
     decode_images,
     load_bin,
+    distinct_pairs,
     sample_pairs,
     verification_accuracy,
 )
@@ -62,9 +63,10 @@ class VerificationSet:
                    seed: int = 0) -> VerificationSet:
         dataset = SynthFaceSet(root)
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-        n_pairs = min(max_pairs, 10 * len(dataset))
+        labels = dataset.labels.numpy()
+        n_pairs = min(max_pairs, 10 * len(dataset), 2 * min(distinct_pairs(labels)))
         n_pairs -= n_pairs % 10  # whole folds
-        first, second, issame = sample_pairs(dataset.labels.numpy(), n_pairs, seed)
+        first, second, issame = sample_pairs(labels, n_pairs, seed)
         return cls(Path(root).name, images, torch.from_numpy(first),
                    torch.from_numpy(second), torch.from_numpy(issame))
 
