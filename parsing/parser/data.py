@@ -133,8 +133,14 @@ def _image_tensor(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1)  # copy: PIL's is read-only
 
 
-def _label_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(read_label_map(path)))
+def _label_tensor(path: Path, label_set: LabelSet) -> torch.Tensor:
+    """A label PNG whose ids are checked against ``label_set`` (DataError names the file)."""
+    label_map = torch.from_numpy(np.array(read_label_map(path)))
+    try:
+        label_set.check(label_map, str(path))
+    except LabelError as exc:  # a corrupt data file: skippable like any other
+        raise DataError(str(exc)) from None
+    return label_map
 
 
 def _read_anno_list(path: Path) -> list[int]:
@@ -205,7 +211,7 @@ class FaceSynthetics(ParsingDataset):
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         fid = self.samples[index]
         image = _image_tensor(self.image_dir / f"{fid:06d}.png")
-        label_map = _label_tensor(self.label_dir / f"{fid:06d}_seg.png")
+        label_map = _label_tensor(self.label_dir / f"{fid:06d}_seg.png", self.native_labels)
         if self.align:
             pts = landmarks5_from_68(_read_landmarks70(self.image_dir / f"{fid:06d}_ldmks.txt"))
             image = align_face(image, pts, self.size)
@@ -337,11 +343,7 @@ class FolderDataset(ParsingDataset):
                      if (p := self.image_dir / f"{stem}{ext}").is_file()]
             image_path = found[0] if found else self.image_dir / f"{stem}.png"
         label_path = self.label_dir / f"{stem}.png"
-        label_map = _label_tensor(label_path)
-        try:
-            self.native_labels.check(label_map, str(label_path))
-        except LabelError as exc:
-            raise DataError(str(exc)) from None
+        label_map = _label_tensor(label_path, self.native_labels)
         return _image_tensor(image_path), label_map
 
 

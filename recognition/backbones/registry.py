@@ -62,7 +62,12 @@ def create_backbone(name: str, checkpoint_path: str | os.PathLike | None = None,
         if key not in _BACKBONES:
             known = ", ".join(list_backbones())
             raise InputError(f"unknown backbone {name!r}; known: {known}, or 'timm:<model name>'")
-        model = _BACKBONES[key](**kwargs)
+        try:
+            model = _BACKBONES[key](**kwargs)
+        except TypeError as exc:  # an unknown or missing keyword argument
+            if "argument" not in str(exc):
+                raise
+            raise InputError(f"backbone {name!r}: {exc}") from None
     if checkpoint_path is not None:
         load_backbone_weights(model, checkpoint_path)
     return model

@@ -21,8 +21,8 @@ from recognition.data.datasets import SynthFaceSet
 from recognition.evaluation.embedding import embed
 from recognition.evaluation.verification import (
     decode_images,
-    load_bin,
     distinct_pairs,
+    load_bin,
     sample_pairs,
     verification_accuracy,
 )
