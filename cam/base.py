@@ -47,6 +47,8 @@ def minmax(maps: Tensor, eps: float = 1e-7) -> Tensor:
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     """A module of ``model`` given as itself or as a dotted name such as ``"layer4.2"``."""
     if isinstance(layer, str):
+        if not layer.strip():
+            raise InputError("target_layer is empty: name a layer such as 'layer4.2'")
         try:
             return model.get_submodule(layer)
         except AttributeError:

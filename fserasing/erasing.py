@@ -182,6 +182,8 @@ class RegionEraser:
         """Validate a (B, C, H, W) image batch against its masks; return masks as (B, H, W)."""
         if images.ndim != 4:
             raise InputError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise InputError("images is an empty batch (B = 0): nothing to erase")
         if masks.ndim == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]
         if masks.ndim != 3:

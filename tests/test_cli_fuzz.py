@@ -5,6 +5,7 @@ the flag or file, and leave every input byte for byte as it was."""
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,59 @@ def test_bad_input_is_one_line_exit_2_and_inputs_untouched(command, argv, named,
     assert len(errors) == 1 and "Traceback" not in err, err[-2000:]
     assert named in errors[0], errors[0]
     assert _hashes(inputs) == before, "an input file changed"
+
+
+class _Payload:
+    def __reduce__(self):  # loading would call print: code from the file
+        return (print, ("ran code from a checkpoint",))
+
+
+def _library_cases():
+    from cam import GradCAM
+    from fserasing import BatchFSErasing, MaskedImageFolder
+    from parsing.core.io import load_checkpoint
+    from recognition.losses import CombinedMarginLoss, PartialFC
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+
+    def pickled_object(tmp):
+        torch.save({"weights": _Payload()}, tmp / "obj.pt")
+        return load_checkpoint(tmp / "obj.pt")
+
+    def mask_fn_none(tmp):
+        (tmp / "faces" / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp / "faces" / "a" / "0.png")
+        return MaskedImageFolder(tmp / "faces", masks=lambda path: None)[0]
+
+    return [
+        (lambda tmp: BatchFSErasing(p=1.0)(torch.zeros(0, 3, 8, 8),
+                                           torch.zeros(0, 8, 8, dtype=torch.uint8)),
+         "empty batch"),
+        (mask_fn_none, "returned NoneType"),
+        (lambda tmp: CombinedMarginLoss()(torch.zeros(2, 3), torch.tensor([0, 3])),
+         "labels must be in [-1, 3)"),
+        (lambda tmp: PartialFC(CombinedMarginLoss(), 4, 3)(torch.randn(2, 4),
+                                                           torch.tensor([0.0, 1.5])),
+         "labels must be integer"),
+        (lambda tmp: GradCAM(net, ""), "target_layer is empty"),
+        (lambda tmp: create_backbone("mbf", bogus=1), "bogus"),
+        (pickled_object, "could run code"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_library_misuse_raises_input_errors_naming_the_argument(case, tmp_path):
+    from parsing.core.errors import InputError
+
+    call, message = _library_cases()[case]
+    with pytest.raises(InputError, match=re.escape(message)):
+        call(tmp_path)
+
+
+def test_similarity_target_broadcasts_a_one_row_reference():
+    from cam.targets import SimilarityTarget
+
+    outputs, reference = torch.randn(3, 8), torch.randn(1, 8)  # what backbone(image) returns
+    scores = SimilarityTarget(reference).bind(outputs)(outputs)
+    torch.testing.assert_close(scores, torch.nn.functional.cosine_similarity(
+        outputs, reference.expand(3, 8), dim=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Sequence
@@ -107,6 +108,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise DataError(f"{path}: not a loadable checkpoint ({exc})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        names = f" (it names {found.group(1)})" if found else ""
+        raise DataError(f"{path}: refused: it holds objects that could run code when loaded, "
+                        f"not only tensors and plain values{names}") from None
     except Exception as exc:  # torch raises several types for truncated/unsafe files
         first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
         reason = f"{type(exc).__name__}: {first_line.strip()}"

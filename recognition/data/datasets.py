@@ -155,7 +155,9 @@ class RecordIOFaces(FaceDataset):
 
     With the header record (key 0, flag > 0) the images are keys ``1..a-1`` and the identity
     records say which key range belongs to which identity; each image's label is checked
-    against them. Without it every key is an image and labels are taken as they are. A label
+    against them. A header with an empty identity range (``b == a``: no identity records, as
+    insightface's reader accepts) and a file without a header take every image's label as it
+    is (all keys are images without the header). A label
     that is not a whole number in ``0..num_classes-1``, or that disagrees with its identity
     record, raises DataError naming the record (or is skipped with ``skip_bad``).
     """
@@ -175,9 +177,13 @@ class RecordIOFaces(FaceDataset):
             first_id, end_id = (int(v) for v in header.labels[:2])
             image_keys = list(range(1, first_id))
             self._require_keys(image_keys + list(range(first_id, end_id)))
-            self.num_classes = end_id - first_id
-            self.expected = self._identity_labels(first_id, end_id)
-            labels = self.expected
+            if end_id > first_id:
+                self.num_classes = end_id - first_id
+                self.expected = self._identity_labels(first_id, end_id)
+                labels = self.expected
+            else:  # no identity records: labels from the image records
+                labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
+                self.num_classes = int(labels.max(initial=-1)) + 1
         else:
             image_keys = list(self.reader.keys)
             labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
