@@ -216,7 +216,7 @@ def inputs(tmp_path_factory):
     face.save(root / "collide" / "face.jpg")
     face.save(root / "photo.png")
     write_label_map(root / "photo_labels.png",
-                    np.asarray(Image.open(synth / "labels_25" / "000000_seg.png")))
+                    np.array(Image.open(synth / "labels_25" / "000000_seg.png")))
     (root / "filled").mkdir()
     (root / "filled" / "notes.txt").write_text("someone's files")
     (root / "photos").mkdir()

@@ -109,12 +109,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise DataError(f"{path}: not a loadable checkpoint ({exc})") from None
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        names = f" (it names {found.group(1)})" if found else ""
-        raise DataError(f"{path}: refused: it holds objects that could run code when loaded, "
-                        f"not only tensors and plain values{names}") from None
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(exc))
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+            reason = detail.group(1).strip() if detail else str(exc).splitlines()[0]
+            raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None
+        raise DataError(f"{path}: refused: it holds objects that could run code when loaded "
+                        f"(it names {found.group(1)}), not only tensors and plain values") from None
     except Exception as exc:  # torch raises several types for truncated/unsafe files
         first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
         reason = f"{type(exc).__name__}: {first_line.strip()}"
