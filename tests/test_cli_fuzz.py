@@ -47,6 +47,7 @@ CASES = [
      "junk.pt"),
     ("parsing.train", "--data synth:{in}/labels200 --out {out}/r --workers 0 --device cpu",
      "000000_seg.png"),
+    ("parsing.train", "--data folder:{in}/folder_collide --out {out}/r", "face"),
     # parsing.evaluate
     ("parsing.evaluate", "--checkpoint {in}/junk.pt --data synth:{in}/synth --out {out}/e.json",
      "junk.pt"),
@@ -214,6 +215,9 @@ def inputs(tmp_path_factory):
     face = Image.open(synth / "images" / "000000.png")
     face.save(root / "collide" / "face.png")
     face.save(root / "collide" / "face.jpg")
+    (root / "folder_collide" / "images").mkdir(parents=True)
+    face.save(root / "folder_collide" / "images" / "face.png")
+    face.save(root / "folder_collide" / "images" / "face.jpg")
     face.save(root / "photo.png")
     write_label_map(root / "photo_labels.png",
                     np.array(Image.open(synth / "labels_25" / "000000_seg.png")))

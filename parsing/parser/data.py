@@ -54,6 +54,7 @@ from parsing.core.labels import (
     convert,
     get_label_set,
 )
+from parsing.core.paths import check_unique_keys
 from parsing.parser.transforms import RandomHorizontalFlip
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,9 @@ class FolderDataset(ParsingDataset):
             self.samples = sorted(
                 p.relative_to(self.image_dir).as_posix() for p in self.image_dir.rglob("*")
                 if p.suffix.lower() in IMAGE_EXTENSIONS)
+            check_unique_keys([self.image_dir / s for s in self.samples],
+                              [Path(s).with_suffix("").as_posix() for s in self.samples],
+                              str(self.image_dir))
         else:
             list_file = self.root / f"{split}.txt"
             if not list_file.is_file():
