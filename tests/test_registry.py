@@ -1,0 +1,69 @@
+"""The extension points: one Registry helper; each registry creates a toy entry registered in
+the test by name and names its known entries when asked for an unknown one."""
+
+import pytest
+import torch
+from torch import nn
+
+import parsing
+import recognition
+from parsing.core.errors import InputError
+from parsing.core.registry import Registry
+from parsing.parser import models as parser_models
+from recognition.backbones import registry as backbone_registry
+
+
+@pytest.fixture
+def scratch(monkeypatch):
+    """Give a registry a private copy of its entries for this test."""
+
+    def isolate(registry: Registry) -> Registry:
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        return registry
+
+    return isolate
+
+
+def test_registry_helper():
+    reg: Registry = Registry("widget", "or 'w:<n>'")
+
+    @reg.register
+    def small(k: int = 1) -> int:
+        return k
+
+    reg.register("large")(lambda k=1: 10 * k)
+    assert reg.names() == ["large", "small"] and reg.names("s*") == ["small"]
+    assert reg.create("small", 3) == 3 and reg.create("large", k=2) == 20
+    assert "small" in reg and "tiny" not in reg
+    with pytest.raises(InputError, match=r"unknown widget 'tiny'; known: large, small, or 'w:<n>'"):
+        reg.create("tiny")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("small")(len)
+
+
+def test_backbone_registry(scratch):
+    scratch(backbone_registry._BACKBONES)
+
+    @recognition.register_backbone
+    def toy_backbone(num_features: int = 8) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_features))
+
+    assert "toy_backbone" in recognition.list_backbones("toy*")
+    model = recognition.create_backbone("toy_backbone", num_features=4)
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(InputError, match="unknown backbone 'toy'; known: .*toy_backbone"):
+        recognition.create_backbone("toy")
+
+
+def test_parser_model_registry(scratch):
+    scratch(parser_models._MODELS)
+
+    @parser_models.register_model("toy_parser")
+    def toy_parser(num_classes: int = 25) -> nn.Module:
+        return nn.Conv2d(3, num_classes, 1)
+
+    assert parser_models.list_models("toy*") == ["toy_parser"]
+    model = parsing.create_model("toy_parser", num_classes=3)
+    assert model(torch.zeros(1, 3, 4, 4)).shape == (1, 3, 4, 4)
+    with pytest.raises(InputError, match="unknown model 'toy'; known: .*toy_parser.*unet_timm:"):
+        parsing.create_model("toy")
