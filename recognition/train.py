@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from fserasing.augment import list_augmentations
 from parsing.core.cli import cli_main
 from parsing.core.errors import InputError
 from recognition.training.config import TrainConfig, load_config
@@ -65,7 +66,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     a("--partial-fc", dest="sample_rate", type=float,
       help="PartialFC sample rate (1.0 = full softmax)")
     a("--interclass-filtering-threshold", type=float)
-    a("--aug", choices=["none", "fserasing", "random-erasing", "cutout"])
+    a("--aug", choices=list_augmentations())
     a("--masks", help="FSErasing masks: folder of label PNGs, (N,H,W) tensor file, "
       "parser:CKPT (parse each batch on the device), or 'labels' (a synthetic set's own)")
     a("--aug-p", type=float, help="probability that an image is erased")

@@ -67,3 +67,30 @@ def test_parser_model_registry(scratch):
     assert model(torch.zeros(1, 3, 4, 4)).shape == (1, 3, 4, 4)
     with pytest.raises(InputError, match="unknown model 'toy'; known: .*toy_parser.*unet_timm:"):
         parsing.create_model("toy")
+
+
+def test_augmentation_registry(scratch):
+    from fserasing import augment
+
+    scratch(augment._AUGMENTATIONS)
+
+    @augment.register_augmentation("toy-invert")
+    class ToyInvert(nn.Module):
+        def __init__(self, scale: float = 1.0):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, images, generator=None):
+            return -self.scale * images
+
+    assert "toy-invert" in augment.list_augmentations("toy*")
+    assert isinstance(augment.create_augmentation("toy-invert", scale=2.0), ToyInvert)
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    out = augment.BatchAugment("toy-invert", flip=False, options={"scale": 2.0})(images)
+    torch.testing.assert_close(out, -2.0 * (images.float() / 127.5 - 1))
+    with pytest.raises(InputError, match="unknown augmentation 'toy'; known: .*cutout.*toy-invert"):
+        augment.BatchAugment("toy")
+    from recognition.train import build_arg_parser
+
+    action = next(a for a in build_arg_parser()._actions if a.dest == "aug")
+    assert list(action.choices) == augment.list_augmentations()
