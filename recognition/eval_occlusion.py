@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fserasing import FILL_MODES
+from fserasing import list_fill_modes
 from parsing.core.cli import cli_main
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=1000, help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help="comma-separated FSE-25 groups or classes, one erased at a time")
-    p.add_argument("--fill", default="random", choices=FILL_MODES,
+    p.add_argument("--fill", default="random", choices=list_fill_modes(),
                    help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)

@@ -94,3 +94,33 @@ def test_augmentation_registry(scratch):
 
     action = next(a for a in build_arg_parser()._actions if a.dest == "aug")
     assert list(action.choices) == augment.list_augmentations()
+
+
+def test_fill_mode_registry(scratch):
+    from fserasing import FillMode, erase_batch, erasing, list_fill_modes, register_fill_mode
+
+    scratch(erasing._FILLS)
+
+    @register_fill_mode("toy_colour")
+    class ToyColour(FillMode):
+        """One N(0, 1) value per image, drawn after the region."""
+
+        def draw(self, erasure, idx, generator):
+            erasure.colours = torch.randn(idx.shape[0], 1, 1, generator=generator)
+
+        def apply(self, images, masks, erasure, eraser):
+            value = erasure.colours.view(-1, 1, 1, 1).expand_as(images)
+            return torch.where(erasure.region[:, None], value, images)
+
+    assert list_fill_modes("toy*") == ["toy_colour"]
+    masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    masks[:, 2:5, 2:6] = 10  # nose
+    out = erase_batch(torch.zeros(3, 3, 8, 8), masks, p=1.0, n_erase=["nose"],
+                      fill="toy_colour", generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    torch.rand(3, generator=g)  # the eraser's own draw: which images are erased
+    colours = torch.randn(3, generator=g)
+    expected = torch.where(masks[:, None] == 10, colours.view(-1, 1, 1, 1), 0.0)
+    torch.testing.assert_close(out, expected.expand(3, 3, 8, 8))
+    with pytest.raises(InputError, match="unknown fill 'toy'; known: .*random_mix.*toy_colour"):
+        erase_batch(torch.zeros(1, 3, 8, 8), masks[:1], fill="toy")

@@ -7,7 +7,7 @@ and dataset kinds each keep one :class:`Registry` and expose ``register_x`` / ``
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 from parsing.core.errors import InputError
@@ -70,6 +70,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        """The names in registration order."""
+        return iter(list(self._entries))
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
