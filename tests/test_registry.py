@@ -124,3 +124,33 @@ def test_fill_mode_registry(scratch):
     torch.testing.assert_close(out, expected.expand(3, 3, 8, 8))
     with pytest.raises(InputError, match="unknown fill 'toy'; known: .*random_mix.*toy_colour"):
         erase_batch(torch.zeros(1, 3, 8, 8), masks[:1], fill="toy")
+
+
+def test_explainer_registry(scratch):
+    import cam
+    from cam.base import _EXPLAINERS, Explainer, Explanation
+
+    scratch(_EXPLAINERS)
+
+    @cam.register_explainer("toy_cam")
+    class ToyCAM(Explainer):
+        """The mean image intensity as the map."""
+
+        def __init__(self, model, scale: float = 1.0):
+            super().__init__(model)
+            self.scale = scale
+
+        def _explain(self, images, target):
+            maps = self.scale * images.mean(1)
+            return Explanation(maps, maps, maps.flatten(1).mean(1))
+
+    assert cam.list_explainers("toy*") == ["toy_cam"]
+    assert {"fscam", "gradcam", "groupcam", "rise"} <= set(cam.list_explainers())
+    explainer = cam.create_explainer("toy_cam", nn.Identity(), scale=2.0)
+    assert isinstance(explainer, ToyCAM)
+    images = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(explainer.explain(images, 0).raw, 2.0 * images.mean(1))
+    gradcam = cam.create_explainer("gradcam", nn.Sequential(nn.Conv2d(3, 2, 3)), target_layer="0")
+    assert isinstance(gradcam, cam.GradCAM)
+    with pytest.raises(InputError, match="unknown explainer 'toy'; known: .*rise, toy_cam"):
+        cam.create_explainer("toy", nn.Identity())
