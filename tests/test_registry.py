@@ -154,3 +154,50 @@ def test_explainer_registry(scratch):
     assert isinstance(gradcam, cam.GradCAM)
     with pytest.raises(InputError, match="unknown explainer 'toy'; known: .*rise, toy_cam"):
         cam.create_explainer("toy", nn.Identity())
+
+
+def test_parsing_data_kind_registry(scratch, tmp_path):
+    from parsing.parser import data
+
+    scratch(data._DATA_KINDS)
+
+    @data.register_data_kind("toy", has_split=lambda path: (path / "split").is_file())
+    def open_toy(path, split, *, labels, transform, skip_bad, align, size):
+        return [split] * 4
+
+    assert data.list_data_kinds("t*") == ["toy"]
+    assert data.build_dataset(f"toy:{tmp_path}", "all") == ["all"] * 4
+    assert len(data.build_dataset(f"toy:{tmp_path}", "train", val_fraction=0.25)) == 3
+    (tmp_path / "split").touch()
+    assert data.build_dataset(f"toy:{tmp_path}", "val") == ["val"] * 4
+    with pytest.raises(InputError, match="unknown kind 'toyy'; use one of .*folder, synth, toy"):
+        data.build_dataset(f"toyy:{tmp_path}")
+
+
+def test_face_dataset_registry(scratch, tmp_path):
+    from recognition.data import datasets
+
+    scratch(datasets._FACE_DATASETS)
+
+    @datasets.register_face_dataset("toy")
+    class ToyFaces(datasets.FaceDataset):
+        def __init__(self, root, masks=None, skip_bad=False, size=112, num_classes=None):
+            super().__init__(masks, skip_bad, size)
+            self.root, self.keys = root, ["a", "b"]
+            self.labels, self.num_classes = torch.tensor([0, 1]), 2
+            self._widen_classes(num_classes, root)
+
+        @staticmethod
+        def detect(path):
+            return (path / "toy.txt").is_file()
+
+        def _read(self, index):
+            return torch.zeros(3, 4, 4, dtype=torch.uint8), int(self.labels[index])
+
+    assert "toy" in datasets.list_face_datasets()
+    (tmp_path / "toy.txt").touch()
+    ds = datasets.open_dataset(tmp_path, num_classes=5)
+    assert isinstance(ds, ToyFaces) and ds.num_classes == 5 and ds[1]["label"] == 1
+    assert isinstance(datasets.create_face_dataset("toy", tmp_path), ToyFaces)
+    with pytest.raises(InputError, match="unknown dataset kind 'toyy'; known: .*synth, toy"):
+        datasets.create_face_dataset("toyy", tmp_path)

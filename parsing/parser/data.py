@@ -54,18 +54,18 @@ from parsing.core.labels import (
     convert,
     get_label_set,
 )
+from parsing.core.registry import Registry
 from parsing.parser.transforms import RandomHorizontalFlip
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec",
+    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DataKind", "DataSpec",
     "FaceSynthetics", "FolderDataset", "ParsingDataset", "build_dataset", "collate",
-    "count_labels", "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
-    "train_transform",
+    "count_labels", "eval_transform", "has_official_split", "list_data_kinds", "parse_data_spec",
+    "register_data_kind", "split_indices", "train_transform",
 ]
 
-DATA_KINDS = ("synth", "facesynthetics", "celebamask", "folder")
 SPLITS = ("train", "val", "test", "all")
 # Official painting order: part i is painted with id i + 1 of the `official` order.
 CELEBAMASK_PARTS = CELEBAMASK_OFFICIAL.names[1:]
@@ -432,6 +432,74 @@ def count_labels(dataset: ParsingDataset, num_classes: int, max_samples: int = 2
 # --data KIND:PATH
 
 
+Opener = Callable[..., ParsingDataset]
+
+
+class DataKind(NamedTuple):
+    """A registered ``--data`` kind.
+
+    ``open(path, split, *, labels, transform, skip_bad, align, size)`` reads ``split``
+    (``"all"`` unless ``has_split(path)``: the data comes with its own train/val/test split).
+    """
+
+    open: Opener
+    has_split: Callable[[Path], bool]
+
+
+_DATA_KINDS: Registry[DataKind] = Registry("kind")
+
+
+def _no_split(path: Path) -> bool:
+    return False
+
+
+def register_data_kind(name: str, has_split: Callable[[Path], bool] = _no_split
+                       ) -> Callable[[Opener], Opener]:
+    """Decorator adding ``--data NAME:PATH``: the function opens a split of ``PATH`` (see
+    :class:`DataKind`); ``has_split(path)`` says whether ``PATH`` has its own splits."""
+
+    def add(open_fn: Opener) -> Opener:
+        _DATA_KINDS.register(name)(DataKind(open_fn, has_split))
+        return open_fn
+
+    return add
+
+
+def list_data_kinds(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered ``--data`` kinds matching ``pattern``."""
+    return _DATA_KINDS.names(pattern)
+
+
+@register_data_kind("synth")
+def _open_synth(path: Path, split: str, *, labels: str | LabelSet,
+                transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                size: int) -> ParsingDataset:
+    return FaceSynthetics(path, align=align, size=size, image_dir=path / "images",
+                          labels=labels, transform=transform, skip_bad=skip_bad)
+
+
+@register_data_kind("facesynthetics")
+def _open_facesynthetics(path: Path, split: str, *, labels: str | LabelSet,
+                         transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                         size: int) -> ParsingDataset:
+    return FaceSynthetics(path, align=align, size=size, labels=labels, transform=transform,
+                          skip_bad=skip_bad)
+
+
+@register_data_kind("celebamask", has_split=lambda path: True)
+def _open_celebamask(path: Path, split: str, *, labels: str | LabelSet,
+                     transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                     size: int) -> ParsingDataset:
+    return CelebAMaskHQ(path, split=split, labels=labels, transform=transform, skip_bad=skip_bad)
+
+
+@register_data_kind("folder", has_split=lambda path: (path / "train.txt").is_file())
+def _open_folder(path: Path, split: str, *, labels: str | LabelSet,
+                 transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                 size: int) -> ParsingDataset:
+    return FolderDataset(path, split=split, labels=labels, transform=transform, skip_bad=skip_bad)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed ``--data KIND:PATH`` argument."""
@@ -448,10 +516,10 @@ def parse_data_spec(spec: str) -> DataSpec:
     kind, sep, path = spec.partition(":")
     if not sep or not path:
         raise InputError(f"--data {spec!r}: expected KIND:PATH with KIND one of "
-                         f"{', '.join(DATA_KINDS)}")
-    if kind not in DATA_KINDS:
+                         f"{_DATA_KINDS.known()}")
+    if kind not in _DATA_KINDS:
         raise InputError(f"--data {spec!r}: unknown kind {kind!r}; use one of "
-                         f"{', '.join(DATA_KINDS)}")
+                         f"{_DATA_KINDS.known()}")
     if not Path(path).is_dir():
         raise InputError(f"--data {spec!r}: {path} is not a directory")
     return DataSpec(kind, Path(path))
@@ -459,8 +527,7 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 def has_official_split(spec: DataSpec) -> bool:
     """CelebAMask-HQ, and folders with ``train.txt``, come with their own splits."""
-    return spec.kind == "celebamask" or (
-        spec.kind == "folder" and (spec.path / "train.txt").is_file())
+    return _DATA_KINDS.get(spec.kind).has_split(spec.path)
 
 
 def build_dataset(spec: str | DataSpec, split: str = "all", labels: str | LabelSet = "fse25",
@@ -477,16 +544,9 @@ def build_dataset(spec: str | DataSpec, split: str = "all", labels: str | LabelS
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     official = has_official_split(spec)
-    read_split = split if official else "all"
-    common = {"labels": labels, "transform": transform, "skip_bad": skip_bad}
-    if spec.kind in ("synth", "facesynthetics"):
-        image_dir = spec.path / "images" if spec.kind == "synth" else None
-        ds: ParsingDataset = FaceSynthetics(spec.path, align=align, size=size,
-                                            image_dir=image_dir, **common)
-    elif spec.kind == "celebamask":
-        ds = CelebAMaskHQ(spec.path, split=read_split, **common)
-    else:
-        ds = FolderDataset(spec.path, split=read_split, **common)
+    ds = _DATA_KINDS.get(spec.kind).open(
+        spec.path, split if official else "all", labels=labels, transform=transform,
+        skip_bad=skip_bad, align=align, size=size)
     if official or split == "all":
         return ds
     if split == "test":
