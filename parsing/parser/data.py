@@ -11,8 +11,9 @@ a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_t
   ``ROOT/anno_list.csv`` (``frame_id,with_25``) marks as labelled. ``align=True`` warps image
   and labels to the ArcFace template (reference §5.1) with the five points taken from the 68
   landmarks (labels: nearest neighbour).
-* ``synth`` (``python -m parsing.synth``): ``ROOT/images/{id:06d}.png``, ``labels_25/``,
-  ``anno_list.csv``; already aligned.
+* ``synth`` (``python -m parsing.synth``): read by :class:`parsing.synth.SynthFaces` (its
+  layout: ``images/``, ``labels_25/``, ``anno_list.csv``, ``landmarks.csv``,
+  ``identities.csv``); already aligned.
 * ``celebamask``: ``ROOT/CelebA-HQ-img/{idx}.jpg``, part masks
   ``ROOT/CelebAMask-HQ-mask-anno/{idx // 2000}/{idx:05d}_{part}.png`` painted in the official
   part order (later parts over earlier ones); the official split reads
@@ -56,12 +57,13 @@ from parsing.core.labels import (
 )
 from parsing.core.registry import Registry
 from parsing.parser.transforms import RandomHorizontalFlip
+from parsing.synth import SynthFaces
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DataKind", "DataSpec",
-    "FaceSynthetics", "FolderDataset", "ParsingDataset", "build_dataset", "collate",
+    "FaceSynthetics", "FolderDataset", "ParsingDataset", "SynthParsing", "build_dataset", "collate",
     "count_labels", "eval_transform", "has_official_split", "list_data_kinds", "parse_data_spec",
     "register_data_kind", "split_indices", "train_transform",
 ]
@@ -172,11 +174,10 @@ class FaceSynthetics(ParsingDataset):
     ``labels="fse25"`` (or ``"fse10"``) reads ``labels_25/`` (``labels_10/``) for the frames
     ``anno_list.csv`` marks; ``labels="facesynthetics"`` reads ``{id}_seg.png`` of every image.
     ``align=True`` aligns to ``size`` x ``size`` with the 5 points from ``{id}_ldmks.txt``.
-    ``image_dir`` is where ``{id:06d}.png`` live (default ``root``; ``root/images`` for synth).
     """
 
     def __init__(self, root: str | os.PathLike, labels: str | LabelSet = "fse25",
-                 align: bool = False, size: int = 112, image_dir: str | os.PathLike | None = None,
+                 align: bool = False, size: int = 112,
                  transform: Callable[..., Any] | None = None, skip_bad: bool = False) -> None:
         label_set = get_label_set(labels)
         has_fse10 = (Path(root) / "labels_10").is_dir()
@@ -184,7 +185,7 @@ class FaceSynthetics(ParsingDataset):
                               or (label_set is FSE10 and has_fse10) else FSE25)
         super().__init__(label_set, transform, skip_bad)
         self.root = Path(root)
-        self.image_dir = Path(image_dir) if image_dir is not None else self.root
+        self.image_dir = self.root
         self.align, self.size = align, size
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: no such image directory")
@@ -210,6 +211,22 @@ class FaceSynthetics(ParsingDataset):
             image = align_face(image, pts, self.size)
             label_map = align_face(label_map[None], pts, self.size, mode="nearest")[0]
         return image, label_map
+
+
+class SynthParsing(ParsingDataset):
+    """A ``python -m parsing.synth`` set, read by :class:`parsing.synth.SynthFaces` (FSE-25)."""
+
+    def __init__(self, root: str | os.PathLike, labels: str | LabelSet = "fse25",
+                 transform: Callable[..., Any] | None = None, skip_bad: bool = False) -> None:
+        super().__init__(labels, transform, skip_bad)
+        self.faces = SynthFaces(root)
+        self.samples = self.faces.frame_ids
+
+    def name(self, index: int) -> str:
+        return f"{self.samples[index]:06d}"
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.faces.load(index)
 
 
 def _read_celeba_split(root: Path) -> dict[int, int]:
@@ -474,8 +491,9 @@ def list_data_kinds(pattern: str = "*") -> list[str]:
 def _open_synth(path: Path, split: str, *, labels: str | LabelSet,
                 transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
                 size: int) -> ParsingDataset:
-    return FaceSynthetics(path, align=align, size=size, image_dir=path / "images",
-                          labels=labels, transform=transform, skip_bad=skip_bad)
+    if align:
+        raise InputError(f"{path}: synthetic faces are aligned already; drop --align")
+    return SynthParsing(path, labels=labels, transform=transform, skip_bad=skip_bad)
 
 
 @register_data_kind("facesynthetics")
