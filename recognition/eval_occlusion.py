@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fserasing import FILL_MODES
+from fserasing import list_fill_modes
 from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
@@ -54,7 +54,7 @@ def build_parser() -> ArgumentParser:
                    help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help="comma-separated FSE-25 groups or classes, one erased at a time")
-    p.add_argument("--fill", default="random", choices=FILL_MODES,
+    p.add_argument("--fill", default="random", choices=list_fill_modes(),
                    help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=32)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from fserasing.augment import list_augmentations
 from parsing.core.cli import (
     ArgumentParser,
     cli_main,
@@ -75,7 +76,7 @@ def build_arg_parser() -> ArgumentParser:
     a("--partial-fc", dest="sample_rate", type=probability,
       help="PartialFC sample rate (1.0 = full softmax)")
     a("--interclass-filtering-threshold", type=probability)
-    a("--aug", choices=["none", "fserasing", "random-erasing", "cutout"])
+    a("--aug", choices=list_augmentations())
     a("--masks", help="FSErasing masks: folder of label PNGs, (N,H,W) tensor file, "
       "parser:CKPT (parse each batch on the device), or 'labels' (a synthetic set's own)")
     a("--aug-p", type=probability, help="probability that an image is erased")

@@ -522,7 +522,7 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     from parsing.core.io import atomic_save, write_label_map
     from recognition.backbones import registry
 
-    monkeypatch.setitem(registry._BACKBONES, "cam_tiny",
+    monkeypatch.setitem(registry._BACKBONES._entries, "cam_tiny",
                         lambda num_features=16: tiny(out=num_features, seed=1))
     atomic_save(tiny(out=16, seed=1).state_dict(), tmp_path / "model.pt")
     faces, labels = synth_faces

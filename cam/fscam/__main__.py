@@ -23,12 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from cam import plot
-from cam.base import Explainer, Explanation
+from cam.base import (
+    ActivationGradientExplainer,
+    Explainer,
+    Explanation,
+    create_explainer,
+    explainer_class,
+    list_explainers,
+)
 from cam.fscam import FSCAM
-from cam.gradcam import GradCAM
-from cam.groupcam import GroupCAM
 from cam.regions import RegionStats, region_attribution
-from cam.rise import RISE
 from cam.targets import SimilarityTarget, Target
 from parsing import Parser
 from parsing.core.align import align_face
@@ -42,8 +46,8 @@ from parsing.core.progress import progress_bar
 from parsing.photos.landmarks import detect_faces
 from recognition.evaluation.embedding import load_backbone, network_kwargs_arg
 
+#: ``--method all``, in this order (figure panels, CSV rows)
 METHODS = ("fscam", "gradcam", "rise", "groupcam")
-GRADIENT_METHODS = ("gradcam", "groupcam")
 FACE_IDS = FSE25.ids("face")
 IMAGES_PER_STEP = 8
 
@@ -67,7 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "
                                          "--images a folder of PNGs named like the images")
-    ap.add_argument("--method", choices=(*METHODS, "all"), default="fscam")
+    ap.add_argument("--method", choices=(*list_explainers(), "all"), default="fscam")
     ap.add_argument("--mode", choices=("keep", "remove"), default="keep",
                     help="FS-CAM: score each region alone (keep) or its removal (remove)")
     align = ap.add_mutually_exclusive_group()
@@ -119,27 +123,31 @@ def load_face(path: Path, aligned: bool, landmarks: str | None, what: str) -> Te
     return align_face(face, found.landmarks5[0])
 
 
-def images_to_explain(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
-    """The images and the names of their outputs (relative path without the suffix)."""
-    if args.image:
-        return [Path(args.image)], [Path(args.image).stem]
-    paths, rels = list_images(args.images)
-    if args.landmarks:
+def images_to_explain(image: str | None, images: str | None, landmarks: str | None
+                      ) -> tuple[list[Path], list[str]]:
+    """``image``, or every image under the folder ``images``, with the names of their outputs
+    (relative path without the suffix)."""
+    if image:
+        return [Path(image)], [Path(image).stem]
+    paths, rels = list_images(images)
+    if landmarks:
         raise InputError("--landmarks describes one --image; a folder is aligned by MTCNN or "
                          "given as --aligned crops")
     names = [r.with_suffix("").as_posix() for r in rels]
-    check_unique_keys(paths, names, f"--images {args.images}")
+    check_unique_keys(paths, names, f"--images {images}")
     return paths, names
 
 
 class LabelSource:
-    """FSE-25 label maps of aligned faces: from PNGs (``--labels``) or a parser."""
+    """FSE-25 label maps of aligned faces: from a parser checkpoint, or from PNGs (``labels``:
+    one file for a single image, else a folder mirroring ``images_root``)."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args, self.parser = args, None
-        if args.parser:
-            self.parser = Parser.from_checkpoint(args.parser, device=args.device)
-        elif not args.labels:
+    def __init__(self, parser: str | None, labels: str | None, images_root: str | None = None,
+                 device: str = "cpu"):
+        self.labels, self.images_root, self.parser = labels, images_root, None
+        if parser:
+            self.parser = Parser.from_checkpoint(parser, device=device)
+        elif not labels:
             raise InputError("FS-CAM and the region scores need face regions: give --parser CKPT "
                              "or --labels PNG/DIR")
 
@@ -156,9 +164,9 @@ class LabelSource:
         return maps
 
     def _read(self, path: Path) -> Tensor:
-        labels = Path(self.args.labels)
-        file = labels if self.args.image else \
-            labels / path.relative_to(self.args.images).with_suffix(".png")
+        labels = Path(self.labels)
+        file = labels if self.images_root is None else \
+            labels / path.relative_to(self.images_root).with_suffix(".png")
         label_map = torch.from_numpy(read_label_map(file))
         if label_map.shape != (112, 112):
             raise InputError(f"{file}: label map is {label_map.shape[1]}x{label_map.shape[0]}, "
@@ -194,51 +202,68 @@ def default_layer(model: nn.Module, device: str) -> str:
     return spatial[-1]
 
 
-def build_explainers(args: argparse.Namespace, model: nn.Module) -> dict[str, Explainer]:
-    methods = METHODS if args.method == "all" else (args.method,)
-    layer = args.target_layer or (default_layer(model, args.device)
-                                  if set(methods) & set(GRADIENT_METHODS) else None)
-    make = {
-        "fscam": lambda: FSCAM(model, mode=args.mode, batch_size=args.batch_size),
-        "gradcam": lambda: GradCAM(model, layer),
-        "rise": lambda: RISE(model, n_masks=args.rise_masks, batch_size=args.batch_size,
-                             seed=args.seed, progress=True),
-        "groupcam": lambda: GroupCAM(model, layer, groups=args.groups,
-                                     batch_size=args.batch_size),
+def uses_gradients(method: str) -> bool:
+    """Whether the registered explainer ``method`` works on a layer's gradients."""
+    return issubclass(explainer_class(method), ActivationGradientExplainer)
+
+
+def build_explainers(model: nn.Module, methods: Sequence[str], *, target_layer: str | None = None,
+                     mode: str = "keep", batch_size: int = 64, rise_masks: int = 4000,
+                     seed: int = 0, groups: int = 32, device: str = "cpu"
+                     ) -> dict[str, Explainer]:
+    """The registered explainers ``methods`` on ``model`` with this command's options; the
+    gradient methods use ``target_layer`` (default: :func:`default_layer`)."""
+    gradient = [m for m in methods if uses_gradients(m)]
+    layer = target_layer or (default_layer(model, device) if gradient else None)
+    options = {
+        "fscam": {"mode": mode, "batch_size": batch_size},
+        "rise": {"n_masks": rise_masks, "batch_size": batch_size, "seed": seed,
+                 "progress": True},
+        "groupcam": {"groups": groups, "batch_size": batch_size},
     }
-    return {name: make[name]() for name in methods}
+    return {name: create_explainer(name, model, **options.get(name, {}),
+                                   **({"target_layer": layer} if name in gradient else {}))
+            for name in methods}
 
 
-def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, Target], str]:
-    """Target per method and a sentence saying what is explained."""
-    if args.reference:
-        face = load_face(Path(args.reference), args.aligned and not args.reference_landmarks,
-                         args.reference_landmarks, "--reference-landmarks")
+def targets_for(model: nn.Module, methods: Sequence[str], reference: str | None = None,
+                aligned: bool = False, reference_landmarks: str | None = None,
+                device: str = "cpu") -> tuple[dict[str, Target], str]:
+    """Target per method and a sentence saying what is explained: the similarity to the
+    ``reference`` face's embedding, else to each image's own."""
+    if reference:
+        face = load_face(Path(reference), aligned and not reference_landmarks,
+                         reference_landmarks, "--reference-landmarks")
         with torch.no_grad():
-            reference = model(normalise(face[None]).to(args.device))[0]
-        target = SimilarityTarget(reference)
-        return dict.fromkeys(METHODS, target), \
-            f"cosine similarity to the embedding of {args.reference}"
+            embedding = model(normalise(face[None]).to(device))[0]
+        target = SimilarityTarget(embedding)
+        return dict.fromkeys(methods, target), \
+            f"cosine similarity to the embedding of {reference}"
     # the cosine to the image's own embedding has zero gradient at the image
-    targets = {m: SimilarityTarget(metric="dot" if m in GRADIENT_METHODS else "cosine")
-               for m in METHODS}
+    targets = {m: SimilarityTarget(metric="dot" if uses_gradients(m) else "cosine")
+               for m in methods}
     description = "self-similarity: cosine to the image's own embedding"
-    if args.method in ("all", *GRADIENT_METHODS):
+    if any(uses_gradients(m) for m in methods):
         description += (" (Grad-CAM and Group-CAM: projection on it, as the cosine has zero "
                         "gradient there)")
     return targets, description
 
 
 def run(args: argparse.Namespace) -> None:
-    paths, names = images_to_explain(args)
+    paths, names = images_to_explain(args.image, args.images, args.landmarks)
     out = output_dir(args.out, {"--image": args.image, "--images": args.images,
                                 "--reference": args.reference, "--model": args.model,
                                 "--parser": args.parser, "--labels": args.labels},
                      overwrite=args.overwrite)
     model = load_backbone(args.model, args.network, args.network_kwargs, args.device)
-    label_source = LabelSource(args)
-    explainers = build_explainers(args, model)
-    targets, description = targets_for(args, model)
+    label_source = LabelSource(args.parser, args.labels, None if args.image else args.images,
+                               args.device)
+    methods = METHODS if args.method == "all" else (args.method,)
+    explainers = build_explainers(model, methods, target_layer=args.target_layer, mode=args.mode,
+                                  batch_size=args.batch_size, rise_masks=args.rise_masks,
+                                  seed=args.seed, groups=args.groups, device=args.device)
+    targets, description = targets_for(model, methods, args.reference, args.aligned,
+                                       args.reference_landmarks, args.device)
     print(f"target: {description}")
     stats = {name: RegionStats() for name in explainers}
     fscam_stats = RegionStats()

@@ -184,6 +184,8 @@ class Trainer:
                 raise InputError(f"imports: cannot import {module!r} ({exc})") from None
         self.out = Path(cfg.output)
         self.is_main = self.rank == 0
+        # before the data: says whether masks are needed, and checks the options early
+        self.augment = BatchAugment(cfg.aug, cfg.flip, cfg.aug_options())
 
         self.dataset = self._build_dataset()
         self.num_classes = cfg.num_classes or self.dataset.num_classes
@@ -193,10 +195,9 @@ class Trainer:
         self._build_loader()
         self._build_model()
         self._build_optimization()
-        parser = self._build_parser() if (cfg.masks or "").startswith("parser:") else None
-        options = {"fserasing": cfg.fserasing, "random-erasing": cfg.random_erasing,
-                   "cutout": cfg.cutout}.get(cfg.aug, {})
-        self.augment = BatchAugment(cfg.aug, cfg.flip, options, parser).to(self.device)
+        if (cfg.masks or "").startswith("parser:"):
+            self.augment.parser = self._build_parser()
+        self.augment.to(self.device)
         # per-rank randomness (dropout, negative sampling, augmentation) after the shared init
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed((cfg.seed + self.rank) % 2**32)
@@ -288,14 +289,14 @@ class Trainer:
         masks = cfg.masks
         if masks is not None and masks.startswith("parser:"):
             masks = None
-        if cfg.aug == "fserasing" and masks is None and not (cfg.masks or "").startswith(
-                "parser:"):
+        needs_masks = self.augment.needs_masks
+        if needs_masks and masks is None and not (cfg.masks or "").startswith("parser:"):
             if not (Path(cfg.rec) / "anno_list.csv").is_file():
-                raise InputError("--aug fserasing needs --masks (a mask folder, an (N, H, W) "
+                raise InputError(f"--aug {cfg.aug} needs --masks (a mask folder, an (N, H, W) "
                                  "tensor file, or parser:CKPT)")
             masks = "labels"
-            log.info("fserasing masks: the synthetic set's own labels_25 maps")
-        if cfg.aug != "fserasing" and masks is not None:
+            log.info("%s masks: the synthetic set's own labels_25 maps", cfg.aug)
+        if not needs_masks and masks is not None:
             log.info("--masks given but --aug %s does not use them; not loading", cfg.aug)
             masks = None
         return open_dataset(cfg.rec, masks=masks, skip_bad=cfg.skip_bad, size=cfg.image_size,
