@@ -107,25 +107,29 @@ def prepare_synthetic(args: argparse.Namespace, root: Path) -> dict:
         check(parsing_train.main([
             "--data", f"synth:{train}", "--out", str(parser_dir), "--width", "16",
             "--epochs", str(args.parser_epochs), "--batch-size", "8", "--lr", "1e-2",
-            "--augment", "flip", "--class-weights", "--workers", "0", "--device", args.device]),
+            "--augment", "flip", "--class-weights", "--workers", "0", "--device", args.device,
+            "--overwrite"]),
             "parsing.train")
         check(parsing_predict.main(["--checkpoint", str(parser_dir / "best.pt"), "--images",
                                     str(train / "images"), "--out", str(parser_dir / "masks"),
-                                    "--workers", "0", "--device", args.device]),
+                                    "--workers", "0", "--device", args.device, "--overwrite"]),
               "parsing.predict")
         check(parsing_evaluate.main(["--checkpoint", str(parser_dir / "best.pt"), "--data",
                                      f"synth:{held_out}", "--split", "all", "--workers", "0",
                                      "--device", args.device, "--out",
-                                     str(parser_dir / "eval.json")]), "parsing.evaluate")
+                                     str(parser_dir / "eval.json"), "--overwrite"]),
+              "parsing.evaluate")
     n_pairs = max(20, round(args.pairs * args.scale))
     bin_path = root / "eval" / f"{held_out.name}_{n_pairs}" / "held_out.bin"
     if not bin_path.is_file():
         bin_path.parent.mkdir(parents=True, exist_ok=True)
         check(make_verification_bin.main(["--faces", str(held_out), "--out", str(bin_path),
-                                          "--pairs", str(n_pairs)]), "make_verification_bin")
+                                          "--pairs", str(n_pairs), "--overwrite"]),
+              "make_verification_bin")
     ijbc = root / "eval" / f"ijbc_{loose.name}"
     if not (ijbc / "meta").is_dir():
-        check(make_ijbc_protocol.main(["--faces", str(loose), "--out", str(ijbc)]),
+        check(make_ijbc_protocol.main(["--faces", str(loose), "--out", str(ijbc),
+                                       "--overwrite"]),
               "make_ijbc_protocol")
     # robustness pairs: gallery clean, probe the same held-out face with an occluder
     faces = SynthFaces(held_out)
@@ -165,12 +169,14 @@ def evaluate(run_dir: Path, data: dict, args: argparse.Namespace) -> dict:
     if data["ijbc"]:
         out = run_dir / f"ijbc_{key}"
         check(eval_ijbc.main([*backbone, "--data", data["ijbc"], "--out", str(out),
-                              "--workers", "0", "--batch-size", "32"]), "eval_ijbc")
+                              "--workers", "0", "--batch-size", "32", "--overwrite"]),
+              "eval_ijbc")
         report = json.loads(next(out.glob("*_verification.json")).read_text())["verification"]
         result["ijbc"] = {"tar_at_far": report["tar_at_far"], "auc": report["auc"]}
     if data["bin"]:
         out = run_dir / f"verification_{key}"
-        check(eval_verification.main([*backbone, "--bin", *data["bin"], "--out", str(out)]),
+        check(eval_verification.main([*backbone, "--bin", *data["bin"], "--out", str(out),
+                                      "--overwrite"]),
               "eval_verification")
         sets = json.loads((out / "verification.json").read_text())["sets"]
         result["bin"] = {name: r["accuracy"] for name, r in sets.items()}

@@ -58,13 +58,14 @@ from benchmarks.studies import (
     train_recognizer,
 )
 from cam import FSCAM, RISE, GradCAM, GroupCAM, metrics, plot, region_attribution
-from cam.base import default_layer
+from cam.fscam.__main__ import default_layer
 from cam.targets import SimilarityTarget
 from parsing.core.cli import cli_main
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
+from parsing.core.pixels import normalise
 from parsing.synth.genes import GENE_GROUPS, bound_groups
-from recognition.evaluation.embedding import load_backbone, to_model_input
+from recognition.evaluation.embedding import load_backbone
 from recognition.evaluation.occlusion import occlusion_table, open_faces, read_faces
 from recognition.evaluation.verification import sample_pairs
 
@@ -276,14 +277,14 @@ def open_set(name: str, regions: list[str] | None, args: argparse.Namespace, roo
     faces, labels = read_faces(dataset, np.concatenate([first, second]), str(eval_dir))
     if parser is not None:
         with torch.no_grad():
-            labels = parser(to_model_input(faces)).cpu()
+            labels = parser(normalise(faces)).cpu()
     n_pairs = max(20, round(args.pairs * scale))
     a, b, issame = sample_pairs(identities, n_pairs, 0)
     needed, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
     pair_faces, pair_masks = read_faces(dataset, needed, str(eval_dir))
     if parser is not None:
         with torch.no_grad():
-            pair_masks = torch.cat([parser(to_model_input(pair_faces[s:s + 64])).cpu()
+            pair_masks = torch.cat([parser(normalise(pair_faces[s:s + 64])).cpu()
                                     for s in range(0, len(pair_faces), 64)])
     return {"name": name, "train": train, "faces": faces[:explain_n],
             "partners": faces[explain_n:], "labels": labels[:explain_n].long(),
@@ -322,8 +323,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
             truth = torch.zeros(FSE25.num_classes, dtype=torch.bool)
             truth[identity_classes(regions)] = True
         group = "+".join(FSE25.names[k] for k in identity_classes(regions)) if regions else None
-        images = to_model_input(data["faces"]).to(device)
-        partners = to_model_input(data["partners"]).to(device)
+        images = normalise(data["faces"]).to(device)
+        partners = normalise(data["partners"]).to(device)
         labels = data["labels"].to(device)
         entry = {"regions": regions, "truth": [FSE25.names[k] for k in
                                                (truth.nonzero()[:, 0].tolist()

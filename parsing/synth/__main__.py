@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -11,13 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main
+from parsing.core.paths import output_dir, output_file
 from parsing.core.viz import contact_sheet
 from parsing.synth.dataset import SynthFaces, write_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m parsing.synth",
         description="Render procedural faces with exact FSE-25 label maps, five ArcFace "
         "landmarks and identities, in the FaceSynthetics layout (images/, labels_25/, "
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes (default: all usable cores); output does not depend on it")
     p.add_argument("--sheet", default=None, metavar="PNG",
                    help="also write a contact sheet of faces beside their colour-coded masks")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that already holds files (and over --sheet)")
     return p
 
 
@@ -47,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     regions = None
     if args.identity_regions is not None:
         regions = [r.strip() for r in args.identity_regions.split(",") if r.strip()]
+    output_dir(args.out, {}, overwrite=args.overwrite)
+    if args.sheet:
+        output_file(args.sheet, {"--out": args.out}, overwrite=args.overwrite, flag="--sheet")
     start = time.perf_counter()
     out = write_dataset(args.out, args.identities, args.images_per_identity, args.seed,
                         size=args.size, identity_regions=regions, loose=args.loose,

@@ -29,8 +29,9 @@ import torch
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from parsing.core.errors import DataError, InputError
+from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import read_image, read_label_map
+from parsing.core.labels import FSE25
 from parsing.synth.genes import bound_groups, face_genes
 from parsing.synth.render import Face, render_face
 from parsing.synth.textures import texture_bank
@@ -251,14 +252,7 @@ class SynthFaces(torch.utils.data.Dataset):
         return len(self.frame_ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        fid = self.frame_ids[index]
-        image_path = self.root / "images" / f"{fid:06d}.png"
-        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
-        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
-        label_map = torch.from_numpy(read_label_map(label_path))
-        if label_map.shape != image.shape[1:]:
-            raise DataError(f"{label_path}: size {tuple(label_map.shape)} does not match "
-                            f"{image_path} ({tuple(image.shape[1:])})")
+        image, label_map = self.load(index)
         landmarks = self._landmarks[index]
         if self.transform is not None:
             image, label_map, landmarks = self.transform(
@@ -267,3 +261,20 @@ class SynthFaces(torch.utils.data.Dataset):
             image, label_map, landmarks = (t.as_subclass(torch.Tensor)
                                            for t in (image, label_map, landmarks))
         return image, label_map, landmarks, self.identities[index]
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` as stored, without ``transform``: image uint8 (3, H, W) and
+        FSE-25 label map uint8 (H, W); DataError names an unreadable or mismatched file."""
+        fid = self.frame_ids[index]
+        image_path = self.root / "images" / f"{fid:06d}.png"
+        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
+        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
+        label_map = torch.from_numpy(read_label_map(label_path))
+        try:
+            FSE25.check(label_map, str(label_path))
+        except LabelError as exc:  # a corrupt data file: skippable like any other
+            raise DataError(str(exc)) from None
+        if label_map.shape != image.shape[1:]:
+            raise DataError(f"{label_path}: size {tuple(label_map.shape)} does not match "
+                            f"{image_path} ({tuple(image.shape[1:])})")
+        return image, label_map

@@ -15,14 +15,12 @@ No mxnet (it does not import with numpy >= 1.24). The format, as dmlc-core write
   are images and keys ``a..b-1`` are one record per identity with labels ``(first, end)``,
   the key range of that identity's images. Without that header (flag 0) every key is an image.
 
-Run ``python -m recognition.recordio --images DIR --out DIR`` to pack an ImageFolder.
+``python -m recognition.make_recordio --images DIR --out DIR`` packs an ImageFolder.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import mmap
 import os
 import struct
@@ -34,7 +32,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from parsing.core.cli import cli_main
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import IMAGE_EXTENSIONS
 from parsing.core.progress import progress_bar
@@ -313,19 +310,3 @@ def pack_image_folder(root: str | os.PathLike, out_dir: str | os.PathLike) -> in
     samples = ((f.read_bytes(), label)
                for f, label in progress_bar(files, desc="packing", unit="img"))
     return write_recordio(out_dir, samples)
-
-
-@cli_main
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m recognition.recordio",
-        description="Pack an ImageFolder of aligned faces into insightface's train.rec/train.idx.")
-    ap.add_argument("--images", required=True, help="folder with one sub-folder per identity")
-    ap.add_argument("--out", required=True, help="output folder for train.rec and train.idx")
-    args = ap.parse_args(argv)
-    n = pack_image_folder(args.images, args.out)
-    print(json.dumps({"images": n, "rec": str(Path(args.out) / "train.rec")}))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
