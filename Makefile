@@ -77,7 +77,9 @@ demo: $(STAMP)
 	$(PY) -m fserasing --data $(DEMO)/photos_aligned --sheet $(DEMO)/fserasing_photos.png
 	$(PY) -m parsing.edit --image $(DEMO)/photos/astronaut.png --annotate --regions lips \
 		--color "#b01040" --strength 0.8 --out $(DEMO)/astronaut_lips.png
-	@echo "demo outputs are in $(DEMO)/ (see README.md, 'make demo writes')"
+	@echo "== 8. one page of results: $(DEMO)/report.md"
+	$(PY) -m benchmarks.demo_report --demo $(DEMO)
+	@echo "demo outputs are in $(DEMO)/ (see README.md, 'make demo writes'; start with report.md)"
 
 clean-venv:
 	rm -rf $(VENV)
