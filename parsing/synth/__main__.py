@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-regions", default=None, metavar="REGIONS",
                    help="comma-separated FSE-25 classes or groups (e.g. eyes,nose) that alone "
                    "carry identity; everything else varies per image")
+    p.add_argument("--no-identity-marks", dest="identity_marks", action="store_false",
+                   default=None, help="with --identity-regions: keep those regions' natural "
+                   "look instead of adding distinctive per-identity colours, patterns and marks")
+    p.add_argument("--occluders", default=None, metavar="KINDS",
+                   help="comma-separated occluders drawn over faces: sunglasses, mask, hand, "
+                   "scarf; writes occluders/{id}.png (0 none, 1 sunglasses, 2 mask, 3 hand, "
+                   "4 scarf)")
+    p.add_argument("--occluder-p", type=float, default=0.5,
+                   help="probability that a face gets one occluder (default 0.5)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: all usable cores); output does not depend on it")
     p.add_argument("--sheet", default=None, metavar="PNG",
@@ -47,10 +56,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     regions = None
     if args.identity_regions is not None:
         regions = [r.strip() for r in args.identity_regions.split(",") if r.strip()]
+    occluders = None
+    if args.occluders is not None:
+        occluders = [k.strip() for k in args.occluders.split(",") if k.strip()]
     start = time.perf_counter()
     out = write_dataset(args.out, args.identities, args.images_per_identity, args.seed,
                         size=args.size, identity_regions=regions, loose=args.loose,
-                        workers=args.workers)
+                        workers=args.workers, identity_marks=args.identity_marks,
+                        occluders=occluders, occluder_p=args.occluder_p)
     seconds = time.perf_counter() - start
     count = args.identities * args.images_per_identity
     summary = {"out": str(out), "images": count, "identities": args.identities,
