@@ -33,7 +33,7 @@ from recognition.training.config import load_config
 from recognition.training.trainer import Trainer
 
 __all__ = ["add_common_arguments", "config_hash", "environment", "fmt", "markdown_table",
-           "shuffled_identities", "synth_set", "train_recognizer"]
+           "shuffled_identities", "synth_set", "train_fields", "train_recognizer"]
 
 # the recognizer of `make demo`: small MobileFaceNet, ~1 min per 400 faces x 8 epochs (2 cores)
 NETWORK = "mbf"
@@ -141,10 +141,23 @@ def add_common_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--network-kwargs", type=json.loads,
                    help=f"JSON backbone options (default for mbf: {json.dumps(NETWORK_KWARGS)})")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--loss", default="cosface", choices=("arcface", "cosface"),
+                   help="margin loss (default cosface)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--torchrun", type=int, default=0, metavar="N",
                    help="train each model with torchrun on N processes (DDP; gloo on CPU)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+
+
+def train_fields(args: argparse.Namespace, epochs: int) -> dict[str, Any]:
+    """The TrainConfig fields every run of a study shares (all but data, aug and seed)."""
+    return {"network": args.network, "network_kwargs": network_kwargs(args),
+            "loss": args.loss, "num_epoch": args.epochs or epochs,
+            "warmup_epoch": args.warmup_epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "channels_last": args.device == "cpu", "device": args.device,
+            "num_workers": args.workers, "frequent": 1000, "verbose": 10**9}
 
 
 def network_kwargs(args: argparse.Namespace) -> dict:

@@ -47,6 +47,7 @@ from benchmarks.studies import (
     network_kwargs,
     seeds,
     synth_set,
+    train_fields,
     train_recognizer,
 )
 from parsing import evaluate as parsing_evaluate
@@ -68,6 +69,7 @@ from recognition.evaluation.verification import sample_pairs
 ARMS = ("none", "random-erasing", "cutout", "fserasing", "fserasing-parser")
 OCCLUDERS = ("sunglasses", "mask", "hand", "scarf")
 ERASED_GROUPS = ("eyes", "nose", "mouth")
+EPOCHS = 8
 HAS_OCCLUDERS = "occluders" in inspect.signature(write_dataset).parameters
 
 
@@ -239,12 +241,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
                 "bin": args.bin, "ijbc": args.ijbc}
     else:
         data = prepare_synthetic(args, root)
-    epochs = args.epochs or 8
-    fields = {"network": args.network, "network_kwargs": network_kwargs(args),
-              "num_epoch": epochs, "warmup_epoch": 1, "batch_size": args.batch_size,
-              "lr": 0.1, "channels_last": args.device == "cpu", "device": args.device,
-              "num_workers": args.workers, "frequent": 1000, "verbose": 10**9,
-              "rec": str(data["train"])}
+    fields = {**train_fields(args, EPOCHS), "rec": str(data["train"])}
     report = {"environment": environment("benchmarks.study_augmentation", argv),
               "settings": dict(vars(args)), "occluders": sorted(data.get("occluded", {})),
               "parser": data.get("parser"), "arms": {}}

@@ -18,9 +18,9 @@ recognizer is trained with the library's trainer (cached by config hash under
   present), ROC-AUC, deletion and insertion AUC (``cam.metrics``);
 * sanity checks (Adebayo et al. 2018) on the first seed: cascading randomisation (the
   backbone's blocks re-initialised from the top down) and a model trained on shuffled
-  identities; the Spearman correlation of each method's region scores with the trained
-  model's. A method is flagged when its ranking survives full randomisation
-  (mean rho >= 0.5);
+  identities (for the first region set; ``--shuffled all`` for every set); the Spearman
+  correlation of each method's region scores with the trained model's. A method is flagged
+  when its ranking survives full randomisation (mean rho >= 0.5);
 * cost: forward passes through the model and seconds per explained face.
 
 Writes ``study.json``, ``study.md`` (tables) and ``study.png`` (figure) under ``--out``.
@@ -55,6 +55,7 @@ from benchmarks.studies import (
     seeds,
     shuffled_identities,
     synth_set,
+    train_fields,
     train_recognizer,
 )
 from cam import FSCAM, RISE, GradCAM, GroupCAM, metrics, plot, region_attribution
@@ -73,6 +74,7 @@ DEFAULT_SETS = ("eyes", "nose,mouth", "hair")
 METHODS = ("fscam_keep", "fscam_remove", "gradcam", "groupcam", "rise")
 BACKWARD = {"gradcam": 1, "groupcam": 1}  # one backward pass, to the target layer
 FLAG_RHO = 0.5
+EPOCHS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels per deletion/insertion step (default: 13 points at 112x112)")
     p.add_argument("--cascade", type=int, default=3,
                    help="randomisation stages (top block, ..., every block)")
+    p.add_argument("--shuffled", choices=("first", "all"), default="first",
+                   help="train the shuffled-identity model for the first region set only "
+                   "(default) or for every set")
     p.add_argument("--synth-options", type=json.loads, default={},
                    help="JSON options for parsing.synth.write_dataset (the ground-truth recipe)")
     p.add_argument("--data", help="real training set (ImageFolder or RecordIO) instead of synth")
@@ -307,12 +312,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
                 for s in args.sets.split(";") if s.strip()}
         for regions in sets.values():
             FSE25.ids(regions)  # unknown names: LabelError naming them
-    epochs = args.epochs or 8
-    train_fields = {"network": args.network, "network_kwargs": network_kwargs(args),
-                    "num_epoch": epochs, "warmup_epoch": 1, "batch_size": args.batch_size,
-                    "lr": 0.1, "channels_last": args.device == "cpu", "aug": "none",
-                    "device": args.device, "num_workers": args.workers, "frequent": 1000,
-                    "verbose": 10**9}
+    fields = {**train_fields(args, EPOCHS), "aug": "none"}
     report = {"environment": environment("benchmarks.study_explanations", argv),
               "settings": {k: v for k, v in vars(args).items()}, "sets": {}}
     wall = time.perf_counter()
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
                  "seeds": {}}
         for seed in run_seeds:
             run_dir, info = train_recognizer(root, args.torchrun, rec=str(data["train"]),
-                                             seed=seed, **train_fields)
+                                             seed=seed, **fields)
             model = load_backbone(run_dir / "model.pt", args.network, network_kwargs(args),
                                   device)
             seed_entry = {"training": info}
@@ -346,11 +346,14 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
                     "seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
                     "scores": r["scores"].tolist()} for m, r in results.items()}
             if seed == run_seeds[0]:
-                shuffled_dir, _ = train_recognizer(
-                    root, args.torchrun, rec=str(shuffled_identities(Path(data["train"]), root)),
-                    seed=seed, **train_fields)
-                shuffled = load_backbone(shuffled_dir / "model.pt", args.network,
-                                         network_kwargs(args), device)
+                shuffled = None
+                if args.shuffled == "all" or name == next(iter(sets)):
+                    shuffled_dir, _ = train_recognizer(
+                        root, args.torchrun,
+                        rec=str(shuffled_identities(Path(data["train"]), root)), seed=seed,
+                        **fields)
+                    shuffled = load_backbone(shuffled_dir / "model.pt", args.network,
+                                             network_kwargs(args), device)
                 seed_entry["sanity"] = sanity_checks(model, results, images, partners, labels,
                                                      shuffled, args)
                 entry["example"] = figure_example(data, results, truth, out, name)
