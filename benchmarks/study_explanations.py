@@ -70,7 +70,7 @@ from recognition.evaluation.embedding import load_backbone
 from recognition.evaluation.occlusion import occlusion_table, open_faces, read_faces
 from recognition.evaluation.verification import sample_pairs
 
-DEFAULT_SETS = ("eyes", "nose,mouth", "hair")
+DEFAULT_SETS = ("eyes,around_eyes", "nose,mouth", "hair")
 METHODS = ("fscam_keep", "fscam_remove", "gradcam", "groupcam", "rise")
 BACKWARD = {"gradcam": 1, "groupcam": 1}  # one backward pass, to the target layer
 FLAG_RHO = 0.5
@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, "runs/study_explanations")
     p.add_argument("--sets", default=";".join(DEFAULT_SETS),
-                   help="identity-region sets separated by ';' (default eyes;nose,mouth;hair)")
-    p.add_argument("--identities", type=int, default=40, help="training identities (x scale)")
-    p.add_argument("--images-per-identity", type=int, default=10)
+                   help="identity-region sets separated by ';' (default eyes,around_eyes;nose,mouth;hair)")
+    p.add_argument("--identities", type=int, default=100, help="training identities (x scale)")
+    p.add_argument("--images-per-identity", type=int, default=6)
     p.add_argument("--eval-identities", type=int, default=20, help="held-out (x scale)")
     p.add_argument("--explain", type=int, default=8, help="explained faces (x scale)")
     p.add_argument("--pairs", type=int, default=200, help="occlusion-check pairs (x scale)")
