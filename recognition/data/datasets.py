@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from fserasing.masks import MaskFolder, open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import IMAGE_EXTENSIONS
 from parsing.core.labels import FSE25
+from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.synth import SynthFaces
-from recognition.data.recordio import RecordIOReader
 
 __all__ = [
     "FaceDataset",
@@ -157,19 +156,13 @@ class RecordIOFaces(FaceDataset):
         rec = root / "train.rec" if root.is_dir() else root
         self.root = rec.parent
         self.reader = RecordIOReader(rec)
-        header = self.reader.read_header(0)[0] if 0 in self.reader.index else None
+        image_keys, identity_keys = read_layout(self.reader)
         self.expected: np.ndarray | None = None
-        if header is not None and header.flag > 0:
-            if len(header.labels) < 2:
-                raise DataError(f"{self.reader.where(0)}: header record needs two labels (a, b)")
-            first_id, end_id = (int(v) for v in header.labels[:2])
-            image_keys = list(range(1, first_id))
-            self._require_keys(image_keys + list(range(first_id, end_id)))
-            self.num_classes = end_id - first_id
-            self.expected = self._identity_labels(first_id, end_id)
+        if identity_keys:
+            self.num_classes = len(identity_keys)
+            self.expected = self._identity_labels(identity_keys.start, identity_keys.stop)
             labels = self.expected
         else:
-            image_keys = list(self.reader.keys)
             labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
             self.num_classes = int(labels.max(initial=-1)) + 1
         if num_classes is not None:
@@ -181,12 +174,6 @@ class RecordIOFaces(FaceDataset):
         self.keys = [str(k) for k in image_keys]
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self._check_masks()
-
-    def _require_keys(self, keys: Sequence[int]) -> None:
-        missing = [k for k in keys if k not in self.reader.index]
-        if missing:
-            raise DataError(f"{self.reader.idx_path}: the header record lists keys missing from "
-                            f"the index, e.g. {missing[:5]}")
 
     def _identity_labels(self, first_id: int, end_id: int) -> np.ndarray:
         expected = np.full(first_id - 1, -1, dtype=np.int64)
