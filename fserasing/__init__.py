@@ -6,6 +6,7 @@ from fserasing.masks import (
     MaskedImageFolder,
     MaskFolder,
     MaskSource,
+    MaskStoreSource,
     MaskTensor,
     open_mask_source,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "MaskCallable",
     "MaskFolder",
     "MaskSource",
+    "MaskStoreSource",
     "MaskTensor",
     "MaskedImageFolder",
     "RegionEraser",

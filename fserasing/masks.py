@@ -1,7 +1,10 @@
 """Where a dataset's parsing masks come from, and an ImageFolder that pairs them with images.
 
-Three sources, chosen by :func:`open_mask_source`:
+Four sources, chosen by :func:`open_mask_source`:
 
+* a mask store ``masks.rec``/``masks.idx`` (:mod:`parsing.core.maskstore`, written by
+  ``python -m parsing.predict --store``), given as the ``.rec`` file or its folder, keyed by
+  the images' RecordIO keys or relative paths: :class:`MaskStoreSource` (what to use at scale);
 * a folder of label PNGs at the images' relative paths with a ``.png`` suffix (what
   ``python -m parsing.predict`` writes): :class:`MaskFolder`;
 * one (N, H, W) integer tensor with a mask per image in the dataset's sample order, in a
@@ -25,9 +28,10 @@ from torchvision import datasets, tv_tensors
 from parsing.core.errors import DataError
 from parsing.core.io import load_checkpoint, read_image, read_label_map
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.maskstore import STORE_NAME, MaskStore
 
-__all__ = ["MaskSource", "MaskFolder", "MaskTensor", "MaskCallable", "open_mask_source",
-           "MaskedImageFolder"]
+__all__ = ["MaskSource", "MaskFolder", "MaskStoreSource", "MaskTensor", "MaskCallable",
+           "open_mask_source", "MaskedImageFolder"]
 
 
 class MaskSource:
@@ -72,6 +76,30 @@ class MaskFolder(MaskSource):
             raise DataError(
                 f"{self.root}: {len(missing)} of {len(image_paths)} images have no mask "
                 f"(e.g. {shown})")
+
+
+class MaskStoreSource(MaskSource):
+    """Masks from a store (``masks.rec``), found by each image's path relative to the root.
+
+    A RecordIO data set's images are ``root/<key>``, so their relative paths are the keys of
+    a store written for it; an ImageFolder's are the names of a store written for the folder.
+    """
+
+    def __init__(self, store: str | os.PathLike | MaskStore) -> None:
+        self.store = store if isinstance(store, MaskStore) else MaskStore(store)
+
+    def __repr__(self) -> str:
+        return f"MaskStoreSource({self.store!r})"
+
+    def load(self, index: int, image_path: Path, root: Path) -> torch.Tensor:
+        return torch.from_numpy(self.store[Path(image_path).relative_to(root).as_posix()])
+
+    def describe(self, index: int, image_path: Path, root: Path) -> str:
+        return self.store.where(Path(image_path).relative_to(root).as_posix())
+
+    def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
+        self.store.check_keys([Path(p).relative_to(root).as_posix() for p in image_paths],
+                              str(root))
 
 
 class MaskTensor(MaskSource):
@@ -127,13 +155,16 @@ class MaskCallable(MaskSource):
 
 
 def open_mask_source(masks: Any) -> MaskSource:
-    """A :class:`MaskSource` from a folder, a tensor file, a tensor/ndarray or a callable."""
+    """A :class:`MaskSource` from a mask store (``.rec`` or a folder holding ``masks.rec``), a
+    folder of label PNGs, a tensor file, a tensor/ndarray or a callable."""
     if isinstance(masks, MaskSource):
         return masks
     if isinstance(masks, (torch.Tensor, np.ndarray)):
         return MaskTensor(masks)
     if isinstance(masks, (str, os.PathLike)):
         path = Path(masks)
+        if path.suffix == ".rec" or (path / STORE_NAME).is_file():
+            return MaskStoreSource(path)
         if path.is_dir():
             return MaskFolder(path)
         if path.is_file():
@@ -141,8 +172,9 @@ def open_mask_source(masks: Any) -> MaskSource:
         raise DataError(f"{path}: no such mask folder or mask file")
     if callable(masks):
         return MaskCallable(masks)
-    raise DataError(f"cannot use {type(masks).__name__} as a mask source; give a folder of label "
-                    "PNGs, an (N, H, W) .pt/.npy file or tensor, or a callable")
+    raise DataError(f"cannot use {type(masks).__name__} as a mask source; give a mask store "
+                    "(masks.rec), a folder of label PNGs, an (N, H, W) .pt/.npy file or tensor, "
+                    "or a callable")
 
 
 class MaskedImageFolder(datasets.ImageFolder):

@@ -19,7 +19,7 @@ from parsing.core.labels import LabelSet, get_label_set
 from parsing.parser.data import BadSample
 from parsing.parser.models import create_model, fuse_batchnorm
 
-__all__ = ["Parser", "default_device", "model_from_checkpoint"]
+__all__ = ["ImageFiles", "Parser", "default_device", "model_from_checkpoint", "normalise_image"]
 
 _REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "label_set")
 
@@ -111,6 +111,12 @@ class Parser:
         return torch.cat(out)
 
 
+def normalise_image(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> float (3, H, W) normalised with mean = std = 0.5 (the Parser's
+    input)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
 class ImageFiles(Dataset):
     """Images as normalised float (3, H, W) tensors with their index; bad files as BadSample."""
 
@@ -127,5 +133,4 @@ class ImageFiles(Dataset):
             if self.skip_bad:
                 return BadSample(str(exc))
             raise
-        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
-        return image.float().div_(127.5).sub_(1.0), i
+        return normalise_image(arr), i

@@ -9,7 +9,6 @@ of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` a
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from fserasing.masks import MaskFolder, open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
-from parsing.core.io import IMAGE_EXTENSIONS
+from parsing.core.io import IMAGE_EXTENSIONS, decode_image
 from parsing.core.labels import FSE25
 from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.synth import SynthFaces
@@ -43,13 +41,7 @@ log = logging.getLogger(__name__)
 
 def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
     """Decode JPEG/PNG bytes to a (3, H, W) uint8 RGB tensor; DataError names ``where``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-    except UnidentifiedImageError:
-        raise DataError(f"{where}: undecodable image (no image format recognised)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{where}: undecodable image ({exc})") from None
+    image = torch.from_numpy(decode_image(data, where)).permute(2, 0, 1)
     if size is not None and tuple(image.shape[1:]) != (size, size):
         raise DataError(f"{where}: image is {image.shape[2]}x{image.shape[1]}, expected "
                         f"aligned {size}x{size} faces")
