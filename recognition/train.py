@@ -66,8 +66,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
       help="PartialFC sample rate (1.0 = full softmax)")
     a("--interclass-filtering-threshold", type=float)
     a("--aug", choices=["none", "fserasing", "random-erasing", "cutout"])
-    a("--masks", help="FSErasing masks: folder of label PNGs, (N,H,W) tensor file, "
-      "parser:CKPT (parse each batch on the device), or 'labels' (a synthetic set's own)")
+    a("--masks", help="FSErasing masks: a mask store (masks.rec from parsing.predict --store), "
+      "folder of label PNGs, (N,H,W) tensor file, parser:CKPT (parse each batch on the "
+      "device), or 'labels' (a synthetic set's own)")
     a("--aug-p", type=float, help="probability that an image is erased")
     a("--n-erase", help="FSErasing: classes per image, N or LO,HI")
     a("--aug-options", help="JSON options of the chosen augmentation (fserasing: fill, "

@@ -283,8 +283,8 @@ class Trainer:
         if cfg.aug == "fserasing" and masks is None and not (cfg.masks or "").startswith(
                 "parser:"):
             if not (Path(cfg.rec) / "anno_list.csv").is_file():
-                raise InputError("--aug fserasing needs --masks (a mask folder, an (N, H, W) "
-                                 "tensor file, or parser:CKPT)")
+                raise InputError("--aug fserasing needs --masks (a mask store, a mask folder, an "
+                                 "(N, H, W) tensor file, or parser:CKPT)")
             masks = "labels"
             log.info("fserasing masks: the synthetic set's own labels_25 maps")
         if cfg.aug != "fserasing" and masks is not None:
