@@ -73,19 +73,19 @@ def encode_mask(mask: np.ndarray | torch.Tensor, name: str = "") -> bytes:
     return _SHAPE.pack(*arr.shape, len(encoded)) + encoded + zlib.compress(ids, _LEVEL)
 
 
-def _split(payload: bytes, where: str) -> tuple[int, int, str, bytes]:
+def _split(payload: bytes | memoryview, where: str) -> tuple[int, int, str, memoryview]:
     if len(payload) < _SHAPE.size:
         raise DataError(f"{where}: {len(payload)} bytes is too short for a mask record")
     height, width, n = _SHAPE.unpack_from(payload)
     name_end = _SHAPE.size + n
     try:
-        name = payload[_SHAPE.size:name_end].decode()
+        name = bytes(payload[_SHAPE.size:name_end]).decode()
     except UnicodeDecodeError:
         raise DataError(f"{where}: mask record with an undecodable name") from None
-    return height, width, name, payload[name_end:]
+    return height, width, name, memoryview(payload)[name_end:]
 
 
-def decode_mask(payload: bytes, where: str = "mask record") -> np.ndarray:
+def decode_mask(payload: bytes | memoryview, where: str = "mask record") -> np.ndarray:
     """The (H, W) uint8 label map of a record payload (DataError naming ``where`` if corrupt)."""
     height, width, _, data = _split(payload, where)
     try:
@@ -149,9 +149,9 @@ class MaskStore:
 
     def _name(self, key: int) -> str:
         head = self.reader.read(key, limit=IR_FORMAT.size + _SHAPE.size + _NAME_PEEK)
-        payload = head[IR_FORMAT.size:]
+        payload = memoryview(head)[IR_FORMAT.size:]
         if len(payload) >= _SHAPE.size and _SHAPE.unpack_from(payload)[2] > _NAME_PEEK:
-            payload = self.reader.read(key)[IR_FORMAT.size:]
+            payload = memoryview(self.reader.read(key))[IR_FORMAT.size:]
         return _split(payload, self.reader.where(key))[2]
 
     def __repr__(self) -> str:
@@ -170,7 +170,8 @@ class MaskStore:
         if self._by_name is not None:
             key = self._by_name.get(name)
         else:
-            key = int(name) if name.isdigit() and int(name) in self.reader.index else None
+            key = int(name) if name.isdigit() else None
+            key = key if key in self.reader.index else None
         if key is None:
             raise DataError(f"{self.rec_path}: no mask for image {name!r}")
         return key
@@ -179,7 +180,7 @@ class MaskStore:
         return f"{self.rec_path} mask of {name!r}"
 
     def __getitem__(self, name: str) -> np.ndarray:
-        record = self.reader.read(self._key(name))
+        record = memoryview(self.reader.read(self._key(name)))
         return decode_mask(record[IR_FORMAT.size:], self.where(name))
 
     def check_keys(self, names: Sequence[str], data: str) -> None:

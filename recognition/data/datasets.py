@@ -88,15 +88,17 @@ class FaceDataset(Dataset):
 
     def _mask(self, index: int, image: torch.Tensor) -> torch.Tensor:
         path = self.image_path(index)
-        where = self.mask_source.describe(index, path, self.root)
         mask = self.mask_source.load(index, path, self.root)
+        problem = None
         if mask.shape != image.shape[1:]:
-            raise DataError(f"{where}: mask is {tuple(mask.shape)}, image is "
-                            f"{tuple(image.shape[1:])}")
-        try:
-            FSE25.check(mask, where)
-        except LabelError as exc:  # a corrupt data file: skippable like any other
-            raise DataError(str(exc)) from None
+            problem = f"mask is {tuple(mask.shape)}, image is {tuple(image.shape[1:])}"
+        else:
+            try:
+                FSE25.check(mask, "mask")
+            except LabelError as exc:  # a corrupt data file: skippable like any other
+                problem = str(exc).removeprefix("mask: ")
+        if problem is not None:  # where it came from is only worked out for the message
+            raise DataError(f"{self.mask_source.describe(index, path, self.root)}: {problem}")
         return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
