@@ -185,14 +185,20 @@ class MaskStore:
 
     def check_keys(self, names: Sequence[str], data: str) -> None:
         """Every image in ``names`` has a mask and every mask an image (DataError naming one)."""
-        wanted = set(names)
-        have = self._by_name.keys() if self._by_name is not None else {
-            str(k) for k in self.reader.index}
-        missing = [n for n in names if n not in have]
+        if self._by_name is not None:
+            missing = [n for n in names if n not in self._by_name]
+        else:  # compare integer keys: half the memory of strings at 42M images
+            keys = [int(n) if n.isdigit() else -1 for n in names]
+            missing = [n for n, k in zip(names, keys, strict=True) if k not in self.reader.index]
         if missing:
             raise DataError(f"{self.rec_path}: no mask for image {missing[0]!r} of {data} "
                             f"({len(missing)} of {len(names)} images have none)")
-        extra = [n for n in self.keys if n not in wanted]
+        if self._by_name is not None:
+            wanted = set(names)
+            extra = [n for n in self._by_name if n not in wanted]
+        else:
+            wanted_keys = set(keys)
+            extra = [str(k) for k in self.reader.index if k not in wanted_keys]
         if extra:
             raise DataError(f"{self.rec_path}: mask {extra[0]!r} has no image in {data} "
                             f"({len(extra)} masks without an image; a store made for other data?)")
