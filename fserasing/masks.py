@@ -47,6 +47,10 @@ class MaskSource:
     def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
         """Fail early if the source cannot serve these images (missing files, wrong count)."""
 
+    def check_keys(self, keys: Sequence[str], root: Path) -> None:
+        """:meth:`check_dataset` for images given by their paths relative to ``root``."""
+        self.check_dataset([root / k for k in keys], root)
+
 
 class MaskFolder(MaskSource):
     """Label PNGs under ``root`` at each image's relative path, with suffix ``suffix``."""
@@ -106,7 +110,11 @@ class MaskStoreSource(MaskSource):
         return self.store.where(self.key(image_path, root))
 
     def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
-        self.store.check_keys([self.key(p, root) for p in image_paths], str(root))
+        self.check_keys([self.key(p, root) for p in image_paths], root)
+
+    def check_keys(self, keys: Sequence[str], root: Path) -> None:  # no Path per image
+        self.store.check_keys([k.replace(os.sep, "/") for k in keys] if os.sep != "/" else keys,
+                              str(root))
 
 
 class MaskTensor(MaskSource):

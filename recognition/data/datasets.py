@@ -75,8 +75,7 @@ class FaceDataset(Dataset):
 
     def _check_masks(self) -> None:
         if self.mask_source is not None:
-            self.mask_source.check_dataset([self.image_path(i) for i in range(len(self))],
-                                           self.root)
+            self.mask_source.check_keys(self.keys, self.root)
 
     def _read(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.image_path(index)
