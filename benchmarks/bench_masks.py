@@ -17,7 +17,8 @@ Run from the repository root (export the allocator setting of reference §8 firs
    faces are rendered by ``parsing.synth``; a larger scale repeats them (records i and
    i + faces hold the same image and mask, identities are renumbered), which keeps the
    file sizes and access pattern of a larger set but not its variety. All files are in the
-   page cache (written just before), as on a node that has read the set once.
+   page cache (written just before), as on a node that has read the set once. Beside it, the
+   CPU microseconds per sample of the image decode and of each step of the store's mask path.
 3. **Sizes**: bytes per mask of each format on disk and the projection to MS1MV2 (5.8M) and
    WebFace42M (42.5M images).
 4. **Prediction**: ``parsing.parser.prediction.predict_store`` faces/s for the first
@@ -45,6 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from parsing.core.io import write_label_map
+from parsing.core.labels import FSE25
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, encode_mask, merge_stores
 from parsing.core.recordio import RecordIOReader, unpack
 from parsing.parser.models import create_model
@@ -206,6 +208,32 @@ def loader_rates(paths: dict[str, Path], samples: int, rounds: int, batch: int,
                    "open_and_check_s": opened[name]} for name in variants}
 
 
+def breakdown(paths: dict[str, Path], samples: int, rounds: int, seed: int) -> dict[str, float]:
+    """Microseconds per sample (median of ``rounds`` interleaved passes over random samples)
+    of the image read + decode and of the store's mask path, split into its parts."""
+    ds = RecordIOFaces(paths["rec"], masks=paths["store"])
+    source, root = ds.mask_source, ds.root
+    order = np.random.default_rng(seed).permutation(len(ds))[:samples].tolist()
+    images = {i: ds._read(i)[0] for i in order}
+    masks = {i: source.load(i, ds.image_path(i), root) for i in order}
+    parts = {
+        "image: read + JPEG decode": lambda i: ds._read(i),
+        "mask: whole path (FaceDataset._mask)": lambda i: ds._mask(i, images[i]),
+        "mask: record read + zlib decode": lambda i: source.store[ds.keys[i]],
+        "mask: zlib.decompress alone": lambda i: zlib.decompress(
+            memoryview(source.store.reader.read(int(ds.keys[i])))[30:]),  # IRHeader + shape
+        "mask: FSE-25 id check": lambda i: FSE25.check(masks[i], "mask"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            t = time.process_time()
+            for i in order:
+                fn(i)
+            times[name].append((time.process_time() - t) / len(order) * 1e6)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def disk_bytes(paths: dict[str, Path], scale: int) -> dict[str, float]:
     png = paths["png"]
     files = list(png.iterdir())
@@ -296,6 +324,7 @@ def main() -> None:
         result[f"loader_{scale}"] = loader_rates(paths, args.samples, args.rounds, args.batch,
                                                  seed=scale)
         result[f"disk_{scale}"] = disk_bytes(paths, scale)
+        result[f"breakdown_us_{scale}"] = breakdown(paths, 2000, args.rounds, seed=scale)
         print(json.dumps({f"loader_{scale}": result[f"loader_{scale}"]}, indent=1), flush=True)
     result["merge"] = merge_rate(paths, args.scales[-1], args.work)
     if args.predict:
