@@ -15,10 +15,10 @@ from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
 from parsing import annotate as annotate_cli
-from parsing.photos import annotate as A
 from parsing.core.errors import InputError, MissingDependencyError
 from parsing.core.io import read_label_map, write_label_map
 from parsing.core.labels import CELEBAMASK_BISENET, FACESYNTHETICS, FSE25, convert
+from parsing.photos import annotate as A
 from parsing.photos.landmarks import load_face_mesh
 from parsing.photos.packaged import PHOTOS, load_photo
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from parsing.photos import landmarks
 from parsing.core.errors import InputError, MissingDependencyError
+from parsing.photos import landmarks
 from parsing.photos.packaged import load_photo
 
 

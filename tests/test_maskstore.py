@@ -219,3 +219,17 @@ def test_recognition_trains_on_a_predicted_store(rec, parser_ckpt, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'other.rec'}: mask '25' has no image in {root} (1 masks "
                    "without an image; a store made for other data?)"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "give one of --out (label PNGs) and --store"),
+    (["--store", "{tmp}/m.rec", "--out", "{tmp}/o"], "give one of --out"),
+    (["--store", "{tmp}/m.rec", "--sheet", "{tmp}/s.png"], "--overlay and --sheet need --out"),
+    (["--store", "{tmp}/m.rec", "--shard-size", "0"], "--shard-size 0: must be at least 1"),
+])
+def test_predict_store_flags(extra, message, folder, parser_ckpt, tmp_path, capsys):
+    argv = ["--checkpoint", str(parser_ckpt), "--images", str(folder),
+            *[a.format(tmp=tmp_path) for a in extra]]
+    assert predict.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
