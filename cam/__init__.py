@@ -1,6 +1,6 @@
 """Explanations for face models: Grad-CAM, RISE, Group-CAM and FS-CAM, per face region."""
 
-from cam.base import Explanation
+from cam.base import Explanation, create_explainer, list_explainers, register_explainer
 from cam.fscam import FSCAM
 from cam.gradcam import GradCAM
 from cam.groupcam import GroupCAM
@@ -8,4 +8,4 @@ from cam.regions import RegionStats, region_attribution
 from cam.rise import RISE
 
 __all__ = ["Explanation", "FSCAM", "GradCAM", "GroupCAM", "RISE", "RegionStats",
-           "region_attribution"]
+           "create_explainer", "list_explainers", "region_attribution", "register_explainer"]

@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from cam.targets import Target, as_target
 from parsing.core.errors import InputError
 from parsing.core.progress import progress_bar
+from parsing.core.registry import Registry
 
-__all__ = ["Explanation", "Explainer", "ActivationGradientExplainer", "minmax", "resolve_layer"]
+__all__ = ["Explanation", "Explainer", "ActivationGradientExplainer", "create_explainer",
+           "explainer_class", "list_explainers", "minmax", "register_explainer", "resolve_layer"]
 
 
 @dataclass
@@ -47,6 +49,8 @@ def minmax(maps: Tensor, eps: float = 1e-7) -> Tensor:
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     """A module of ``model`` given as itself or as a dotted name such as ``"layer4.2"``."""
     if isinstance(layer, str):
+        if not layer.strip():
+            raise InputError("target_layer is empty: name a layer such as 'layer4.2'")
         try:
             return model.get_submodule(layer)
         except AttributeError:
@@ -118,6 +122,30 @@ class Explainer:
                    for s in progress_bar(starts, desc=desc, leave=False,
                                  disable=desc is None or not self.progress)]
         return torch.cat(outputs)
+
+
+_EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
+
+
+def register_explainer(name: str) -> Callable[[type[Explainer]], type[Explainer]]:
+    """Class decorator adding an :class:`Explainer` subclass to the registry under ``name``."""
+    return _EXPLAINERS.register(name)
+
+
+def list_explainers(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered explainers matching ``pattern``."""
+    return _EXPLAINERS.names(pattern)
+
+
+def explainer_class(name: str) -> type[Explainer]:
+    """The class registered as ``name`` (e.g. to ask whether it needs a target layer)."""
+    return _EXPLAINERS.get(name)
+
+
+def create_explainer(name: str, model: nn.Module, **kwargs) -> Explainer:
+    """``create_explainer("gradcam", model, target_layer="layer4.2")``: the registered
+    explainer ``name`` on ``model``; ``kwargs`` go to its constructor."""
+    return _EXPLAINERS.create(name, model, **kwargs)
 
 
 class ActivationGradientExplainer(Explainer):

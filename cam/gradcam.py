@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cam.base import ActivationGradientExplainer, Explanation, minmax, upsample
+from cam.base import (
+    ActivationGradientExplainer,
+    Explanation,
+    minmax,
+    register_explainer,
+    upsample,
+)
 from cam.targets import Target
 
 __all__ = ["GradCAM"]
 
 
+@register_explainer("gradcam")
 class GradCAM(ActivationGradientExplainer):
     """Grad-CAM: ReLU(sum_c mean_spatial(dS/dA)_c * A_c), bilinear upsample, min-max.
 

@@ -6,13 +6,20 @@ import torch
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
-from cam.base import ActivationGradientExplainer, Explanation, minmax, upsample
+from cam.base import (
+    ActivationGradientExplainer,
+    Explanation,
+    minmax,
+    register_explainer,
+    upsample,
+)
 from cam.targets import Target
 from parsing.core.errors import InputError
 
 __all__ = ["GroupCAM"]
 
 
+@register_explainer("groupcam")
 class GroupCAM(ActivationGradientExplainer):
     """Group-CAM: Grad-CAM-weighted activations summed in ``groups`` channel groups become
     masks M_l (ReLU, bilinear upsample, per-group min-max); each scores

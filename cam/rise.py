@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cam.base import Explainer, Explanation, minmax
+from cam.base import Explainer, Explanation, minmax, register_explainer
 from cam.targets import Target
 from parsing.core.errors import InputError
 from parsing.core.progress import progress_bar
@@ -56,6 +56,7 @@ def rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
     return out[0] @ grids @ out[1].transpose(1, 2)
 
 
+@register_explainer("rise")
 class RISE(Explainer):
     """RISE saliency: sum_i score(x * M_i) M_i / (N p1) over ``n_masks`` random masks.
 

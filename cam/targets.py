@@ -104,6 +104,8 @@ class SimilarityTarget(Target):
         if metric not in ("cosine", "dot"):
             raise InputError(f"SimilarityTarget: metric must be 'cosine' or 'dot', got {metric!r}")
         self.reference = None if reference is None else torch.as_tensor(reference).detach()
+        if self.reference is not None and self.reference.dim() == 2 and len(self.reference) == 1:
+            self.reference = self.reference[0]  # backbone(reference_image): one row for all
         self.metric = metric
 
     @property

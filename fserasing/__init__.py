@@ -1,6 +1,15 @@
 """Face Semantic Erasing: erase random face regions, per sample in v2 pipelines or batched."""
 
-from fserasing.erasing import FILL_MODES, BatchFSErasing, Erasure, RegionEraser, erase_batch
+from fserasing.erasing import (
+    FILL_MODES,
+    BatchFSErasing,
+    Erasure,
+    FillMode,
+    RegionEraser,
+    erase_batch,
+    list_fill_modes,
+    register_fill_mode,
+)
 from fserasing.masks import (
     MaskCallable,
     MaskedImageFolder,
@@ -17,6 +26,7 @@ __all__ = [
     "BatchFSErasing",
     "Erasure",
     "FSErasing",
+    "FillMode",
     "MaskCallable",
     "MaskFolder",
     "MaskSource",
@@ -25,5 +35,7 @@ __all__ = [
     "MaskedImageFolder",
     "RegionEraser",
     "erase_batch",
+    "list_fill_modes",
     "open_mask_source",
+    "register_fill_mode",
 ]

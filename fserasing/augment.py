@@ -5,12 +5,15 @@ flips (masks too, with left/right ids swapped) and erases, drawing every random 
 one ``torch.Generator``. Its state goes into the checkpoint, so a resumed run draws the
 same flips and erasures as an uninterrupted one whatever the number of loader workers.
 
-torchvision's ``v2.RandomErasing`` draws one box per call, so a batch would share one box;
-:class:`BatchRandomErasing` draws a box per image with the same rule (area fraction uniform
-in ``scale``, log aspect ratio uniform in ``log(ratio)``, up to 10 tries, else no erase) and
-fills all boxes in one pass. :class:`BatchCutout` is DeVries & Taylor's Cutout: a fixed-size
-square centred anywhere in the image, clipped at the borders, filled with 0 (the mean colour
-in normalised space).
+The erasing step is a registered augmentation (``list_augmentations()``: ``none``,
+``fserasing``, ``random-erasing``, ``cutout``). A new one is one decorated ``nn.Module``
+class, built with its options as keyword arguments and called on normalised float batches::
+
+    @register_augmentation("my-erasing")
+    class MyErasing(nn.Module):
+        needs_masks = False  # True: built with label_set=..., called (images, masks, generator)
+
+        def forward(self, images, generator=None): ...
 """
 
 from __future__ import annotations
@@ -20,17 +23,64 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fserasing import RegionEraser
 from fserasing.box_erasing import BatchCutout, BatchRandomErasing
+from fserasing.erasing import BatchFSErasing
 from parsing.core.errors import InputError
 from parsing.core.labels import get_label_set
+from parsing.core.pixels import normalise
+from parsing.core.registry import Registry
 
-__all__ = ["BatchAugment", "BatchCutout", "BatchRandomErasing", "flip_batch", "normalise"]
+__all__ = ["BatchAugment", "BatchCutout", "BatchRandomErasing", "FSErasingAugment",
+           "create_augmentation", "flip_batch", "list_augmentations", "register_augmentation"]
+
+_AUGMENTATIONS: Registry[type[nn.Module]] = Registry("augmentation")
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (B, 3, H, W) -> float (x / 255 - 0.5) / 0.5, the insightface input."""
-    return images.float().div_(127.5).sub_(1.0)
+def register_augmentation(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a batch augmentation to the registry under ``name``."""
+    return _AUGMENTATIONS.register(name)
+
+
+def list_augmentations(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered batch augmentations matching ``pattern``."""
+    return _AUGMENTATIONS.names(pattern)
+
+
+def create_augmentation(name: str, **options) -> nn.Module:
+    """The registered augmentation ``name`` built with ``options``."""
+    return _AUGMENTATIONS.create(name, **options)
+
+
+@register_augmentation("none")
+class NoErasing(nn.Module):
+    """No erasing: the batch as it is."""
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        return images
+
+
+@register_augmentation("fserasing")
+class FSErasingAugment(BatchFSErasing):
+    """:class:`fserasing.BatchFSErasing` drawing from the caller's generator; options as in
+    :class:`fserasing.RegionEraser`, where a YAML/CLI ``n_erase`` ``[lo, hi]`` is a range."""
+
+    needs_masks = True
+
+    def __init__(self, label_set: str = "fse25", **options) -> None:
+        n_erase = options.get("n_erase")
+        if isinstance(n_erase, list) and len(n_erase) == 2 and all(
+                isinstance(v, int) for v in n_erase):
+            options["n_erase"] = tuple(n_erase)
+        super().__init__(label_set=label_set, **options)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.eraser(images, masks, generator)[0]
+
+
+register_augmentation("random-erasing")(BatchRandomErasing)
+register_augmentation("cutout")(BatchCutout)
 
 
 def flip_batch(images: torch.Tensor, masks: torch.Tensor | None, flip: torch.Tensor,
@@ -49,10 +99,10 @@ class BatchAugment(nn.Module):
     """uint8 batch (+ masks) -> normalised, flipped, erased float batch, on the batch's device.
 
     Args:
-        aug: ``none`` | ``fserasing`` | ``random-erasing`` | ``cutout``.
+        aug: a registered augmentation (``list_augmentations()``).
         flip: random horizontal flip with probability 1/2 (masks follow, ids swapped).
-        options: keyword arguments of :class:`fserasing.RegionEraser`,
-            :class:`BatchRandomErasing` or :class:`BatchCutout`.
+        options: keyword arguments of the augmentation (e.g. of :class:`fserasing.RegionEraser`,
+            :class:`BatchRandomErasing` or :class:`BatchCutout`).
         parser: ``fn(normalised images) -> (B, H, W) masks`` used when no masks come with the
             batch (``--masks parser:CKPT``); it runs after the flip, so it sees what it parses.
         label_set: label set of the masks.
@@ -65,27 +115,16 @@ class BatchAugment(nn.Module):
         options = dict(options or {})
         self.aug, self.flip, self.parser = aug, flip, parser
         self.register_buffer("flip_lut", get_label_set(label_set).flip_lut(), persistent=False)
+        cls = _AUGMENTATIONS.get(aug)
+        label = {"label_set": label_set} if getattr(cls, "needs_masks", False) else {}
         try:
-            if aug == "fserasing":
-                n_erase = options.get("n_erase")
-                if isinstance(n_erase, list) and len(n_erase) == 2 and all(
-                        isinstance(v, int) for v in n_erase):
-                    options["n_erase"] = tuple(n_erase)  # a YAML/CLI [lo, hi] is a range
-                self.eraser = RegionEraser(label_set=label_set, **options)
-            elif aug == "random-erasing":
-                self.eraser = BatchRandomErasing(**options)
-            elif aug == "cutout":
-                self.eraser = BatchCutout(**options)
-            elif aug == "none":
-                self.eraser = None
-            else:
-                raise InputError(f"unknown augmentation {aug!r}")
+            self.eraser = cls(**label, **options)
         except TypeError as exc:
             raise InputError(f"{aug} options {options}: {exc}") from None
 
     @property
     def needs_masks(self) -> bool:
-        return self.aug == "fserasing"
+        return getattr(self.eraser, "needs_masks", False)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,13 +132,11 @@ class BatchAugment(nn.Module):
         if self.flip:
             flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
             x, masks = flip_batch(x, masks, flip, self.flip_lut)
-        if self.aug == "fserasing":
-            if masks is None:
-                if self.parser is None:
-                    raise InputError("fserasing needs masks: give --masks or parser:CKPT")
-                with torch.no_grad():
-                    masks = self.parser(x)
-            return self.eraser(x, masks, generator)[0]
-        if self.eraser is not None:
+        if not self.needs_masks:
             return self.eraser(x, generator)
-        return x
+        if masks is None:
+            if self.parser is None:
+                raise InputError(f"{self.aug} needs masks: give --masks or parser:CKPT")
+            with torch.no_grad():
+                masks = self.parser(x)
+        return self.eraser(x, masks, generator)

@@ -10,7 +10,6 @@ face, the source files and the classes erased.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +22,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fserasing.erasing import FILL_MODES, RegionEraser  # noqa: E402
-from parsing.core.cli import cli_main  # noqa: E402
+from parsing.core.cli import ArgumentParser, cli_main, non_negative_int, positive_int  # noqa: E402
 from parsing.core.errors import DataError  # noqa: E402
 from parsing.core.io import IMAGE_EXTENSIONS, read_image, read_label_map  # noqa: E402
 from parsing.core.labels import FSE25  # noqa: E402
+from parsing.core.paths import check_unique_keys, output_file  # noqa: E402
 
 
 def find_pairs(
@@ -40,6 +40,7 @@ def find_pairs(
         image_dir = images
         pairs = [(p, (masks / p.relative_to(images)).with_suffix(".png"))
                  for p in sorted(images.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        check_unique_keys([i for i, _ in pairs], [str(m) for _, m in pairs], f"--images {images}")
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: no such image folder")
     pairs = [(i, m) for i, m in pairs if m.is_file()]
@@ -96,7 +97,7 @@ def save_sheet(path: Path, rows: list[list[np.ndarray]], columns: list[str],
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m fserasing",
         description="Sheet of faces with the same regions erased under each fill mode.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -104,15 +105,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     source.add_argument("--images", type=Path, help="image folder (use with --masks)")
     parser.add_argument("--masks", type=Path, help="label PNGs at the images' relative paths")
     parser.add_argument("--sheet", type=Path, required=True, help="output PNG")
-    parser.add_argument("--faces", type=int, default=6, help="rows in the sheet")
-    parser.add_argument("--n-erase", type=int, nargs=2, default=(1, 3), metavar=("LO", "HI"))
+    parser.add_argument("--faces", type=positive_int, default=6, help="rows in the sheet")
+    parser.add_argument("--n-erase", type=non_negative_int, nargs=2, default=(1, 3),
+                        metavar=("LO", "HI"))
     parser.add_argument("--classes", nargs="+", default=["face"],
                         help="candidate classes or groups (FSE-25 names)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --sheet")
     args = parser.parse_args(argv)
     if args.images is not None and args.masks is None:
         parser.error("--images needs --masks")
+    if args.n_erase[0] > args.n_erase[1]:
+        parser.error(f"--n-erase {args.n_erase[0]} {args.n_erase[1]}: LO must not exceed HI")
     pairs = find_pairs(args.data, args.images, args.masks)[: args.faces]
+    inputs = {"--data": args.data, "--images": args.images, "--masks": args.masks}
+    for path in (args.sheet, args.sheet.with_suffix(".json")):
+        output_file(path, inputs, overwrite=args.overwrite, flag="--sheet")
     images = [torch.from_numpy(read_image(i).copy()).permute(2, 0, 1) for i, _ in pairs]
     masks = [torch.from_numpy(read_label_map(m)) for _, m in pairs]
     sizes = {tuple(t.shape[-2:]) for t in images + masks}

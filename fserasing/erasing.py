@@ -24,7 +24,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,13 +34,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from parsing.core.errors import InputError
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.registry import Registry
 
-__all__ = ["FILL_MODES", "Erasure", "RegionEraser", "erase_batch", "BatchFSErasing"]
+__all__ = ["FILL_MODES", "Erasure", "FillMode", "RegionEraser", "erase_batch", "BatchFSErasing",
+           "list_fill_modes", "register_fill_mode"]
 
 _IDS = 256  # per-class lookup tables cover every uint8 id, so ignore ids need no clamping
-
-#: Named fill modes; a number or a per-channel tuple fills with that constant.
-FILL_MODES = ("random", "random_1", "random_mix", "mean", "region_mean", "shuffle", "blur")
 
 ClassSpec = int | str | Iterable[int | str]
 NErase = int | tuple[int, int] | list[int | str]
@@ -101,7 +100,8 @@ class RegionEraser:
         class_weights: relative choice weights: a sequence aligned with the candidates
             (sorted ids, or the ``classes`` entries when ``group_units``) or a mapping from
             id / name / group name to weight (unlisted candidates weigh 1).
-        fill: one of :data:`FILL_MODES` or a constant (number or per-channel tuple).
+        fill: a registered fill mode (:func:`list_fill_modes`) or a constant (number or
+            per-channel tuple).
             ``random``: per-pixel N(0, 1); ``random_1``: one N(0, 1) colour per channel per
             region; ``random_mix``: each region takes ``random`` or ``random_1`` with
             probability 1/2 (per region, as in the reference); ``mean``: the image's mean
@@ -131,6 +131,8 @@ class RegionEraser:
             raise InputError(f"p must be in [0, 1], got {p}")
         self.p = float(p)
         self.fill = _check_fill(fill)
+        self._fill_mode = _FILLS.create(self.fill) if isinstance(self.fill, str) else \
+            ConstantFill()
         if blur_sigma is not None and not blur_sigma > 0:
             raise InputError(f"blur_sigma must be positive, got {blur_sigma}")
         self.blur_sigma = blur_sigma
@@ -182,6 +184,8 @@ class RegionEraser:
         """Validate a (B, C, H, W) image batch against its masks; return masks as (B, H, W)."""
         if images.ndim != 4:
             raise InputError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise InputError("images is an empty batch (B = 0): nothing to erase")
         if masks.ndim == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]
         if masks.ndim != 3:
@@ -234,47 +238,14 @@ class RegionEraser:
             selected = chosen.float() @ membership.float() > 0
         region = _per_pixel(selected, idx)
         erasure = Erasure(selected=selected, region=region, channels=channels)
-        fill = self.fill
-        if fill in ("random_1", "random_mix"):
-            per_pixel = torch.rand(b, k, generator=generator, device=device) < 0.5
-            erasure.colours = torch.randn(b, k, channels, generator=generator, device=device)
-        if fill in ("random", "random_mix"):
-            erasure.noise_region = region if fill == "random" else region & _per_pixel(
-                per_pixel, idx)
-            count = int(erasure.noise_region.sum())
-            erasure.noise = torch.randn(count, channels, generator=generator, device=device)
-        if fill == "shuffle":
-            erasure.shuffle_keys = torch.randint(
-                0, 2**31, (b, idx[0].numel()), generator=generator, device=device)
+        self._fill_mode.draw(erasure, idx, generator)
         return erasure
 
     def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure) -> torch.Tensor:
         """Fill ``erasure.region`` of (B, C, H, W) images; every other pixel is copied as is."""
         if erasure.region.shape != masks.shape or erasure.channels != images.shape[1]:
             raise InputError("this erasure was drawn for a batch of another shape")
-        region = erasure.region[:, None]
-        fill = self.fill
-        if fill == "random":
-            return _scatter_noise(images, erasure)
-        if fill in ("random_1", "random_mix"):
-            out = torch.where(region, _per_class(erasure.colours, masks, images.dtype), images)
-            return _scatter_noise(out, erasure) if fill == "random_mix" else out
-        if fill == "mean":
-            mean = _as_float(images).mean(dim=(2, 3), keepdim=True)
-            return torch.where(region, _from_image_space(mean, images.dtype), images)
-        if fill == "region_mean":
-            means = _region_means(images, masks, self.label_set.num_classes)
-            return torch.where(region, _per_class(means, masks, images.dtype, False), images)
-        if fill == "shuffle":
-            return _shuffle(images, masks, erasure)
-        if fill == "blur":
-            sigma = self.blur_sigma or max(images.shape[-2:]) / 28
-            size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
-            if size < 3:
-                return images.clone()
-            blurred = TF.gaussian_blur(images, [size, size], [sigma, sigma])
-            return torch.where(region, blurred, images)
-        return torch.where(region, _constant(fill, images), images)
+        return self._fill_mode.apply(images, masks, erasure, self)
 
     def __call__(
         self,
@@ -358,14 +329,169 @@ class BatchFSErasing(nn.Module):
         return out
 
 
+# -- fill modes --------------------------------------------------------------------------
+
+
+class FillMode:
+    """How a named fill erases: :meth:`draw` adds its random decisions to the
+    :class:`Erasure` once the region is chosen, :meth:`apply` fills ``erasure.region``.
+
+    A new mode is one subclass decorated with ``@register_fill_mode("name")``; it is then a
+    valid ``fill`` everywhere (``RegionEraser``, ``erase_batch``, ``FSErasing``, ...).
+    """
+
+    def draw(self, erasure: Erasure, idx: torch.Tensor,
+             generator: torch.Generator | None) -> None:
+        """Store this mode's random draws in ``erasure``; ``idx``: (B, H, W) int64 classes."""
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        """(B, C, H, W) images with ``erasure.region`` filled; ``eraser`` holds the options."""
+        raise NotImplementedError
+
+
+_FILLS: Registry[type[FillMode]] = Registry("fill", "or a number / per-channel tuple")
+
+
+def register_fill_mode(name: str) -> Callable[[type[FillMode]], type[FillMode]]:
+    """Class decorator adding a :class:`FillMode` subclass to the registry under ``name``."""
+    return _FILLS.register(name)
+
+
+def list_fill_modes(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered fill modes matching ``pattern``."""
+    return _FILLS.names(pattern)
+
+
+def _draw_noise(erasure: Erasure, noise_region: torch.Tensor,
+                generator: torch.Generator | None) -> None:
+    erasure.noise_region = noise_region
+    count = int(erasure.noise_region.sum())
+    erasure.noise = torch.randn(count, erasure.channels, generator=generator,
+                                device=noise_region.device)
+
+
+def _draw_colours(erasure: Erasure, generator: torch.Generator | None) -> torch.Tensor:
+    """One colour per class into ``erasure``; returns (B, K) coin flips: the classes that
+    ``random_mix`` fills per pixel (drawn for ``random_1`` too, so both use one stream)."""
+    (b, k), channels, device = erasure.selected.shape, erasure.channels, erasure.region.device
+    per_pixel = torch.rand(b, k, generator=generator, device=device) < 0.5
+    erasure.colours = torch.randn(b, k, channels, generator=generator, device=device)
+    return per_pixel
+
+
+@register_fill_mode("random")
+class RandomFill(FillMode):
+    """Per-pixel N(0, 1)."""
+
+    def draw(self, erasure: Erasure, idx: torch.Tensor,
+             generator: torch.Generator | None) -> None:
+        _draw_noise(erasure, erasure.region, generator)
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        return _scatter_noise(images, erasure)
+
+
+@register_fill_mode("random_1")
+class RegionColourFill(FillMode):
+    """One N(0, 1) colour per channel per region."""
+
+    def draw(self, erasure: Erasure, idx: torch.Tensor,
+             generator: torch.Generator | None) -> None:
+        _draw_colours(erasure, generator)
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        region = erasure.region[:, None]
+        return torch.where(region, _per_class(erasure.colours, masks, images.dtype), images)
+
+
+@register_fill_mode("random_mix")
+class MixedRandomFill(RegionColourFill):
+    """Each region ``random`` or ``random_1`` with probability 1/2."""
+
+    def draw(self, erasure: Erasure, idx: torch.Tensor,
+             generator: torch.Generator | None) -> None:
+        per_pixel = _draw_colours(erasure, generator)
+        _draw_noise(erasure, erasure.region & _per_pixel(per_pixel, idx), generator)
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        return _scatter_noise(super().apply(images, masks, erasure, eraser), erasure)
+
+
+@register_fill_mode("mean")
+class MeanFill(FillMode):
+    """The image's mean colour."""
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        region = erasure.region[:, None]
+        mean = _as_float(images).mean(dim=(2, 3), keepdim=True)
+        return torch.where(region, _from_image_space(mean, images.dtype), images)
+
+
+@register_fill_mode("region_mean")
+class RegionMeanFill(FillMode):
+    """Each region's own mean colour."""
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        region = erasure.region[:, None]
+        means = _region_means(images, masks, eraser.label_set.num_classes)
+        return torch.where(region, _per_class(means, masks, images.dtype, False), images)
+
+
+@register_fill_mode("shuffle")
+class ShuffleFill(FillMode):
+    """Each region's pixels permuted among themselves."""
+
+    def draw(self, erasure: Erasure, idx: torch.Tensor,
+             generator: torch.Generator | None) -> None:
+        b, device = idx.shape[0], idx.device
+        erasure.shuffle_keys = torch.randint(
+            0, 2**31, (b, idx[0].numel()), generator=generator, device=device)
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        return _shuffle(images, masks, erasure)
+
+
+@register_fill_mode("blur")
+class BlurFill(FillMode):
+    """A Gaussian-blurred copy of the image (sigma: ``blur_sigma``)."""
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        region = erasure.region[:, None]
+        sigma = eraser.blur_sigma or max(images.shape[-2:]) / 28
+        size = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
+        if size < 3:
+            return images.clone()
+        blurred = TF.gaussian_blur(images, [size, size], [sigma, sigma])
+        return torch.where(region, blurred, images)
+
+
+class ConstantFill(FillMode):
+    """``fill`` given as a number or a per-channel tuple, in the image's value range."""
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, erasure: Erasure,
+              eraser: RegionEraser) -> torch.Tensor:
+        region = erasure.region[:, None]
+        return torch.where(region, _constant(eraser.fill, images), images)
+
+
+#: The built-in fill modes in registration order (the columns of the fill sheet).
+FILL_MODES = tuple(_FILLS)
+
+
 # -- option parsing ----------------------------------------------------------------------
 
 
 def _check_fill(fill: Fill) -> Fill:
     if isinstance(fill, str):
-        if fill not in FILL_MODES:
-            raise InputError(f"unknown fill {fill!r}; use one of {', '.join(FILL_MODES)} "
-                             "or a number / per-channel tuple")
+        _FILLS.get(fill)
         return fill
     values = [fill] if isinstance(fill, (int, float)) else list(fill)
     if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):

@@ -6,7 +6,8 @@ Four sources, chosen by :func:`open_mask_source`:
   ``python -m parsing.predict --store``), given as the ``.rec`` file or its folder, keyed by
   the images' RecordIO keys or relative paths: :class:`MaskStoreSource` (what to use at scale);
 * a folder of label PNGs at the images' relative paths with a ``.png`` suffix (what
-  ``python -m parsing.predict`` writes): :class:`MaskFolder`;
+  ``python -m parsing.predict`` writes; two images that would share one mask, ``a.jpg`` and
+  ``a.png``, are refused): :class:`MaskFolder`;
 * one (N, H, W) integer tensor with a mask per image in the dataset's sample order, in a
   ``.pt``/``.pth`` file (loaded with ``weights_only=True``) or a ``.npy`` file (memory-mapped),
   or given in memory: :class:`MaskTensor`;
@@ -29,6 +30,7 @@ from parsing.core.errors import DataError
 from parsing.core.io import load_checkpoint, read_image, read_label_map
 from parsing.core.labels import LabelSet, get_label_set
 from parsing.core.maskstore import STORE_NAME, MaskStore
+from parsing.core.paths import check_unique_keys
 
 __all__ = ["MaskSource", "MaskFolder", "MaskStoreSource", "MaskTensor", "MaskCallable",
            "open_mask_source", "MaskedImageFolder"]
@@ -74,7 +76,9 @@ class MaskFolder(MaskSource):
         return str(self.path_for(image_path, root))
 
     def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
-        missing = [p for p in (self.path_for(i, root) for i in image_paths) if not p.is_file()]
+        masks = [self.path_for(i, root) for i in image_paths]
+        check_unique_keys(image_paths, [str(m) for m in masks], f"masks {self.root}")
+        missing = [p for p in masks if not p.is_file()]
         if missing:
             shown = ", ".join(str(p) for p in missing[:3])
             raise DataError(
@@ -160,6 +164,9 @@ class MaskCallable(MaskSource):
 
     def load(self, index: int, image_path: Path, root: Path) -> torch.Tensor:
         mask = self.fn(str(image_path))
+        if not isinstance(mask, (torch.Tensor, np.ndarray, PIL.Image.Image)):
+            raise DataError(f"{self.describe(index, image_path, root)}: returned "
+                            f"{type(mask).__name__}, not an (H, W) label map")
         if isinstance(mask, PIL.Image.Image):
             mask = np.array(mask)
         mask = torch.as_tensor(mask)

@@ -4,7 +4,8 @@ Five points per image come from a CSV (``--landmarks``, keyed by relative path o
 number) or from a detector (``--detector mtcnn|facemesh``, optional packages). Writes
 ``OUT/images/{key}.png``, ``OUT/landmarks.csv`` (the five points in the source image),
 ``OUT/align_summary.json`` and, with ``--label-maps``, the label maps warped with the images
-(nearest neighbour) to ``OUT/labels/{key}.png``.
+(nearest neighbour) to ``OUT/labels/{key}.png``. OUT may hold the images' folder, never lie
+inside it; files already at those places are kept unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from parsing.core.align import align_face, align_label_map, match_landmarks, read_landmarks_csv
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, positive_int, probability
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import list_images, read_image, read_label_map, write_image, write_label_map
+from parsing.core.paths import check_unique_keys, output_dir
 from parsing.core.progress import progress_bar
 
 
@@ -42,8 +44,8 @@ def _read_map(folder: Path, key: str) -> np.ndarray:
     raise DataError(f"{folder}: no label map {key}.png or {key}_seg.png")
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m parsing.align", description=__doc__,
+def build_arg_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m parsing.align", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, type=Path, help="folder of images (recursive)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -53,22 +55,30 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="without --landmarks: five points from MTCNN or MediaPipe Face Mesh")
     parser.add_argument("--label-maps", type=Path, default=None,
                         help="folder of label PNGs ({key}.png or {key}_seg.png) to align too")
-    parser.add_argument("--size", type=int, default=112, help="crop size (template scaled)")
-    parser.add_argument("--min-score", type=float, default=0.9, help="MTCNN score threshold")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--size", type=positive_int, default=112,
+                        help="crop size, at least 16 (template scaled)")
+    parser.add_argument("--min-score", type=probability, default=0.9,
+                        help="MTCNN score threshold")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over the outputs of an earlier run in OUT")
     return parser
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
-    if args.size < 16 or args.batch_size < 1:
-        raise InputError("--size must be >= 16 and --batch-size >= 1")
-    paths, _ = list_images(args.images, "--images")
-    keys = [p.relative_to(args.images).with_suffix("").as_posix() for p in paths]
+    if args.size < 16:
+        raise InputError(f"--size {args.size}: must be at least 16")
+    paths, rels = list_images(args.images, "--images")
+    keys = [r.with_suffix("").as_posix() for r in rels]
+    check_unique_keys(paths, keys, f"--images {args.images}")
     given = None
     if args.landmarks is not None:
         given = match_landmarks(keys, read_landmarks_csv(args.landmarks), str(args.landmarks))
+    output_dir(args.out, {"--images": args.images, "--landmarks": args.landmarks,
+                          "--label-maps": args.label_maps}, overwrite=args.overwrite,
+               entries=("images", "labels", "landmarks.csv", "align_summary.json"))
 
     rows, no_face = [], []
     with progress_bar(total=len(paths), desc="align", unit="img") as bar:

@@ -6,7 +6,6 @@ writes one label PNG per photo, optionally with a base segmentation and a contac
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, positive_int
 from parsing.core.errors import DataError
 from parsing.core.io import list_images, read_image, read_label_map, write_label_map
 from parsing.core.labels import (
@@ -25,6 +24,7 @@ from parsing.core.labels import (
     convert,
     get_label_set,
 )
+from parsing.core.paths import check_unique_keys, output_dir, output_file
 from parsing.core.progress import progress_bar
 from parsing.core.viz import contact_sheet
 from parsing.photos.annotate import annotate
@@ -47,7 +47,7 @@ def _face_box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
 
 
 def _contact_sheet(path: Path, items: list[tuple[np.ndarray, np.ndarray]], size: int = 224) -> None:
-    """Each face cropped around its labels and resized, beside its FSE-25 map (parsing.viz)."""
+    """Each face cropped around its labels and resized, beside its FSE-25 map (parsing.core.viz)."""
     faces, maps = [], []
     for img, labels in items:
         box = _face_box(labels)
@@ -60,7 +60,7 @@ def _contact_sheet(path: Path, items: list[tuple[np.ndarray, np.ndarray]], size:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m parsing.annotate",
         description="Label face photos with FSE-25 and FSE-10 regions from Face Mesh landmarks. "
         "Writes OUT/labels_25/{id}_seg.png, OUT/labels_10/{id}_seg.png, OUT/anno_list.csv "
@@ -74,21 +74,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--base-labels", default="facesynthetics", help="label set of "
                         "--base-seg: facesynthetics, fse25, celebamask_official, "
                         "celebamask_bisenet, celebamask_farl (default: %(default)s)")
-    parser.add_argument("--limit", type=int, help="annotate only the first N images")
+    parser.add_argument("--limit", type=positive_int, help="annotate only the first N images")
     parser.add_argument("--sheet", type=Path, help="also save a figure of the first images")
-    parser.add_argument("--sheet-count", type=int, default=4, help="images on the figure")
+    parser.add_argument("--sheet-count", type=positive_int, default=4,
+                        help="images on the figure")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over the outputs of an earlier run in OUT (and --sheet)")
     args = parser.parse_args(argv)
     base_labels = get_label_set(args.base_labels)
     paths = [p for p in list_images(args.images)[0] if not p.stem.endswith("_seg")][: args.limit]
     if args.base_seg is not None and not args.base_seg.is_dir():
         raise DataError(f"--base-seg {args.base_seg}: no such folder")
+    frame_ids = [p.relative_to(args.images).with_suffix("").as_posix() for p in paths]
+    check_unique_keys(paths, frame_ids, f"--images {args.images}")
+    inputs = {"--images": args.images, "--base-seg": args.base_seg}
+    output_dir(args.out, inputs, overwrite=args.overwrite,
+               entries=("labels_25", "labels_10", "anno_list.csv", "annotate_summary.json"))
+    if args.sheet is not None:
+        output_file(args.sheet, inputs, overwrite=args.overwrite, flag="--sheet")
     for sub in ("labels_25", "labels_10"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
 
     rows, sheet_items = [], []
     start = time.perf_counter()
-    for path in progress_bar(paths, desc="annotate", unit="img"):
-        frame_id = path.relative_to(args.images).with_suffix("").as_posix()
+    for path, frame_id in progress_bar(list(zip(paths, frame_ids, strict=True)),
+                                       desc="annotate", unit="img"):
         image = read_image(path)
         base = None
         if args.base_seg is not None:

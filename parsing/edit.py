@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, non_negative_float, probability
 from parsing.core.errors import InputError
 from parsing.core.io import read_image, read_label_map
 from parsing.core.labels import get_label_set
+from parsing.core.paths import output_file
 from parsing.photos.edit import parse_photo, recolor
 
 
@@ -51,7 +52,7 @@ def _labels_for(args: argparse.Namespace, image: np.ndarray) -> np.ndarray:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m parsing.edit",
         description="Recolour face regions of a photo, keeping its shading. Writes OUT and "
         "OUT with suffix .json (regions, colour, pixels changed).",
@@ -65,10 +66,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--regions", nargs="+", default=["lips"],
                         help="FSE-25 classes or groups (lips, hair, brows, ...)")
     parser.add_argument("--color", default="#a03020", help="target colour, '#rrggbb' or a name")
-    parser.add_argument("--strength", type=float, default=0.6, help="0..1 chroma blend")
-    parser.add_argument("--feather", type=float, default=2.0, help="edge softness (pixels)")
+    parser.add_argument("--strength", type=probability, default=0.6, help="0..1 chroma blend")
+    parser.add_argument("--feather", type=non_negative_float, default=2.0,
+                        help="edge softness (pixels)")
     parser.add_argument("--out", required=True, type=Path, help="output image")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    if Image.registered_extensions().get(args.out.suffix.lower()) not in Image.SAVE:
+        raise InputError(f"--out {args.out}: unknown image format {args.out.suffix!r} "
+                         "(use .png or .jpg)")
     image = read_image(args.image)
     labels = _labels_for(args, image)
     if labels.shape != image.shape[:2]:
@@ -77,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not np.isin(labels, ids).any():
         hint = " (--annotate labels only the face interior)" if args.annotate else ""
         raise InputError(f"regions {' '.join(args.regions)} are not in the label map{hint}")
+    inputs = {"--image": args.image, "--labels": args.labels, "--parser": args.parser}
+    for path in (args.out, args.out.with_suffix(".json")):
+        output_file(path, inputs, overwrite=args.overwrite)
     edited = recolor(image, labels, args.regions, args.color, args.strength, args.feather)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(edited).save(args.out)
     report = {"image": str(args.image), "out": str(args.out), "regions": args.regions,
               "color": args.color, "strength": args.strength, "feather": args.feather,

@@ -2,7 +2,7 @@
 
 ``python -m parsing.evaluate --checkpoint runs/parser/best.pt --data synth:data/synth_test``
 prints a table and writes the scores (and the confusion matrix) as JSON (reference §2.5; the
-conventions are those of :mod:`parsing.metrics`).
+conventions are those of :mod:`parsing.parser.metrics`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from pathlib import Path
 
 import torch
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import (
+    ArgumentParser,
+    cli_main,
+    device,
+    non_negative_int,
+    positive_int,
+    probability,
+)
+from parsing.core.paths import data_path, output_file
 from parsing.parser.data import (
     build_dataset,
     collate,
@@ -29,25 +37,26 @@ from parsing.parser.metrics import confusion_over, format_scores
 log = logging.getLogger("parsing.evaluate")
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m parsing.evaluate", description=__doc__,
+def build_arg_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m parsing.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
     p.add_argument("--data", required=True, help="KIND:PATH (synth, facesynthetics, celebamask, "
                    "folder)")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="default: test where the data has an official split, else all")
-    p.add_argument("--val-split", type=float, default=None,
+    p.add_argument("--val-split", type=probability, default=None,
                    help="held-out fraction for --split val/train (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's)")
     p.add_argument("--align", action="store_true", default=None,
                    help="facesynthetics: 5-point alignment (default: as in training)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--device", type=device, default=default_device())
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files, report them")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default: evaluation_<kind>_<split>.json beside the checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
 
 
@@ -55,9 +64,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
     spec = parse_data_spec(args.data)
-    model, ckpt = model_from_checkpoint(args.checkpoint, args.device)
-    train_args = ckpt.get("args", {})
     split = args.split or ("test" if has_official_split(spec) else "all")
+    out = args.out or Path(args.checkpoint).parent / f"evaluation_{spec.kind}_{split}.json"
+    model, ckpt = model_from_checkpoint(args.checkpoint, args.device)
+    output_file(out, {"--checkpoint": args.checkpoint, "--data": data_path(args.data)},
+                overwrite=args.overwrite)
+    train_args = ckpt.get("args", {})
     align = args.align if args.align is not None else bool(train_args.get("align", False))
     dataset = build_dataset(
         spec, split, ckpt["label_set"], eval_transform(), align=align,
@@ -76,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_scores(scores))
     if skipped:
         print(f"skipped {len(skipped)} bad file(s):\n  " + "\n  ".join(skipped))
-    out = args.out or Path(args.checkpoint).parent / f"evaluation_{spec.kind}_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(scores, indent=1))
     print(f"wrote {out}")
 

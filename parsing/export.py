@@ -15,26 +15,30 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, positive_int
 from parsing.core.errors import InputError
 from parsing.core.onnx import OnnxMismatchError, check_onnx, export_onnx
+from parsing.core.paths import output_file
 from parsing.parser.inference import model_from_checkpoint
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m parsing.export", description=__doc__,
+def build_arg_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m parsing.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
     p.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None,
                    help="input size S (default: the checkpoint's training size, else 112)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=positive_int, default=17)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx")
     return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
+    output_file(args.onnx, {"--checkpoint": args.checkpoint}, overwrite=args.overwrite,
+                flag="--onnx")
     model, ckpt = model_from_checkpoint(args.checkpoint)
     size = args.size or ckpt.get("image_size") or 112
     if size < 16:

@@ -1,15 +1,14 @@
 """IJB-C / IJB-B evaluation: ``python -m recognition.eval_ijbc --checkpoint C --network N
 --data DIR --out OUT``.
 
-Aligns every loose crop with its five points (batched on the device), embeds the image and
-its mirror, aggregates templates and scores all template pairs (``recognition.ijbc``), then
-writes to OUT: ``{name}_features.npy`` (flip-fused image features, reusable with
+Aligns every loose crop with its five points (batched on the device), embeds the image and its
+mirror, aggregates templates and scores all template pairs (``recognition.evaluation.ijbc``),
+then writes to OUT: ``{name}_features.npy`` (flip-fused image features, reusable with
 ``--features``), ``{name}_scores.npy`` (one score per line of the pair file),
 ``{name}_verification.json`` (TAR at FAR 1e-6 ... 1e-1, AUC, and 1:N results when the
 gallery/probe files exist) and ``{name}_roc.png``. insightface's published numbers use
-``--use-norm-score --use-detector-score`` (its N1D1F1 mode). On CPU, set
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824``
-(reference §8).
+``--use-norm-score --use-detector-score`` (its N1D1F1 mode). On CPU, set ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824`` (reference §8).
 """
 
 from __future__ import annotations
@@ -18,15 +17,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, device, non_negative_int, positive_int
 from parsing.core.errors import DataError, InputError
+from parsing.core.paths import output_dir
 from recognition.evaluation.embedding import add_backbone_arguments, embed_batches, load_backbone
 from recognition.evaluation.ijbc import (
+    IdentificationProtocol,
+    IJBProtocol,
     aligned_batches,
     evaluate_verification,
     format_table,
@@ -35,12 +36,27 @@ from recognition.evaluation.ijbc import (
     pair_scores,
     read_identification_protocol,
     read_protocol,
+    template_rows,
 )
 from recognition.evaluation.plots import plot_roc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recognition.eval_ijbc",
+def check_identification(protocol: IJBProtocol, identification: IdentificationProtocol) -> None:
+    """Every 1:N template is one of the protocol's, and no probe template is in a gallery."""
+    known = np.unique(protocol.templates)
+    probe_file = meta_path(protocol.root, protocol.name, "1N_probe_mixed.csv")
+    template_rows(known, identification.probe_templates, probe_file)
+    for gallery, (templates, _) in identification.galleries.items():
+        gallery_file = meta_path(protocol.root, protocol.name, f"1N_gallery_{gallery}.csv")
+        template_rows(known, templates, gallery_file)
+        shared = np.intersect1d(templates, identification.probe_templates)
+        if len(shared):
+            raise DataError(f"{probe_file}: probe template {int(shared[0])} is also enrolled in "
+                            f"{gallery_file}; probes and galleries must not share templates")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m recognition.eval_ijbc",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="IJB directory with meta/ and loose_crop/")
@@ -49,15 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", choices=("ijbc", "ijbb"), default=None,
                    help="protocol (default: whichever meta files exist)")
     p.add_argument("--features", help="saved (N, D) image features (.npy): skip embedding")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="image-reading processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=non_negative_int, default=2, help="image-reading processes")
+    p.add_argument("--device", type=device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-flip", action="store_true",
                    help="embed only the image, not f(x) + f(flip x)")
     p.add_argument("--use-detector-score", action="store_true",
                    help="weight image features by their faceness score (insightface D1)")
     p.add_argument("--use-norm-score", action="store_true",
                    help="keep image feature norms when aggregating (insightface N1)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     return p
 
 
@@ -66,11 +84,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.features is None and args.checkpoint is None:
         raise InputError("give --checkpoint (and --network), or --features to re-score")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
     protocol = read_protocol(args.data, args.name)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    identification = read_identification_protocol(protocol.root, protocol.name)
+    if identification is not None:
+        check_identification(protocol, identification)
+    written = ("scores.npy", "verification.json", "roc.png",
+               *(("features.npy",) if args.features is None else ()))
+    out = output_dir(args.out, {"--data": args.data, "--checkpoint": args.checkpoint,
+                                "--features": args.features}, overwrite=args.overwrite,
+                     entries=[f"{protocol.name}_{w}" for w in written])
     if args.features is not None:
         try:
             features = np.load(args.features)
@@ -87,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report, (fpr, tpr), (templates, template_feats), rows = evaluate_verification(
         features, protocol, use_detector_score=args.use_detector_score,
         use_norm_score=args.use_norm_score)
-    # float64 cosine scores: recognition.roc.verification_report on them gives the same table
+    # float64 cosine scores: roc.verification_report on them gives the same table
     np.save(out / f"{protocol.name}_scores.npy",
             pair_scores(template_feats.cpu(), rows[:, 0], rows[:, 1]))
     result = {
@@ -99,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "use_detector_score": args.use_detector_score},
         "verification": report,
     }
-    identification = read_identification_protocol(protocol.root, protocol.name)
     if identification is not None:
         result["identification"] = identification_report(
             templates, template_feats, identification,

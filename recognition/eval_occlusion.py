@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fserasing import FILL_MODES
-from parsing.core.cli import cli_main
+from fserasing import list_fill_modes
+from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
+from parsing.core.paths import output_dir
 from recognition.evaluation.embedding import add_backbone_arguments, load_backbone
 from recognition.evaluation.occlusion import (
     DEFAULT_GROUPS,
@@ -40,8 +41,8 @@ from recognition.evaluation.roc import far_key
 from recognition.evaluation.verification import sample_pairs
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recognition.eval_occlusion",
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m recognition.eval_occlusion",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
@@ -49,15 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parsing.synth folder, or an ImageFolder of aligned faces with --masks")
     p.add_argument("--masks", help="masks for an ImageFolder --data (fserasing mask source)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--pairs", type=int, default=1000, help="verification pairs (half genuine)")
+    p.add_argument("--pairs", type=positive_int, default=1000,
+                   help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help="comma-separated FSE-25 groups or classes, one erased at a time")
-    p.add_argument("--fill", default="random", choices=FILL_MODES,
+    p.add_argument("--fill", default="random", choices=list_fill_modes(),
                    help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     return p
 
 
@@ -71,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise InputError(f"--pairs must be at least 20 (10 folds), got {args.pairs}")
     dataset, identities = open_faces(args.data, args.masks)
     first, second, issame = sample_pairs(identities, args.pairs, args.seed)
+    out = output_dir(args.out, {"--data": args.data, "--masks": args.masks,
+                                "--checkpoint": args.checkpoint}, overwrite=args.overwrite,
+                     entries=("occlusion.json", "occlusion.csv", "occlusion.png"))
     needed, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
     images, masks = read_faces(dataset, needed, args.data)
     gallery, probes = images[inverse[:len(first)]], images[inverse[len(first):]]
@@ -79,8 +86,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
     table = occlusion_table(model, gallery, probes, probe_masks, issame, groups, args.fill,
                             args.batch_size, not args.no_flip, args.seed, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": args.checkpoint, "network": args.network, "data": args.data,
                "pairs": args.pairs, "fill": args.fill, "seed": args.seed, "table": table}
     (out / "occlusion.json").write_text(json.dumps(summary, indent=2))

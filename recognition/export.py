@@ -16,16 +16,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, positive_float, positive_int
 from parsing.core.errors import InputError
 from parsing.core.onnx import OnnxMismatchError, check_onnx, export_onnx
+from parsing.core.paths import output_file
 from recognition.backbones import create_backbone
 
 logger = logging.getLogger(__name__)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m recognition.export", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
@@ -33,16 +34,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--network", required=True,
                         help="backbone name: iresnet18/34/50/100/200, mbf, timm:<name>, r50...")
     parser.add_argument("--onnx", required=True, help="output .onnx path")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--num-features", type=int, default=512, help="embedding size")
-    parser.add_argument("--check-batch", type=int, default=3,
+    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
+    parser.add_argument("--num-features", type=positive_int, default=512, help="embedding size")
+    parser.add_argument("--check-batch", type=positive_int, default=3,
                         help="batch size of the onnxruntime check (differs from the export's 2 "
                              "to exercise the dynamic axis)")
-    parser.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance")
-    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance")
+    parser.add_argument("--rtol", type=positive_float, default=1e-4, help="relative tolerance")
+    parser.add_argument("--atol", type=positive_float, default=1e-4, help="absolute tolerance")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --onnx")
     args = parser.parse_args(argv)
-    if args.check_batch < 1:
-        raise InputError(f"--check-batch must be >= 1, got {args.check_batch}")
     if args.opset < 11:
         raise InputError(f"--opset must be >= 11, got {args.opset}")
     return args
@@ -51,6 +51,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
+    for path in (args.onnx, Path(args.onnx).with_suffix(".json")):
+        output_file(path, {"--checkpoint": args.checkpoint}, overwrite=args.overwrite,
+                    flag="--onnx")
     model = create_backbone(args.network, checkpoint_path=args.checkpoint,
                             num_features=args.num_features)
     path = export_onnx(model, args.onnx, input_name="data", output_name="embedding",

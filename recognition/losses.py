@@ -106,6 +106,12 @@ class CombinedMarginLoss(nn.Module):
         if logits.dim() != 2 or labels.shape != logits.shape[:1]:
             raise InputError(f"CombinedMarginLoss expects logits (B, C) and labels (B,), got "
                              f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise InputError(f"CombinedMarginLoss: labels must be integer class indices, got "
+                             f"{labels.dtype}")
+        if bool(((labels < -1) | (labels >= logits.shape[1])).any()):
+            raise InputError(f"CombinedMarginLoss: labels must be in [-1, {logits.shape[1]}), got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
         rows = torch.nonzero(labels != -1).squeeze(1)
         cols = labels[rows]
         if self.interclass_filtering_threshold > 0:
@@ -271,6 +277,8 @@ class PartialFC(nn.Module):
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise InputError(f"PartialFC expects embeddings (B, {self.embedding_size}), got "
                              f"{tuple(embeddings.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise InputError(f"PartialFC: labels must be integer class indices, got {labels.dtype}")
         labels = labels.reshape(-1).long()
         if labels.shape[0] != embeddings.shape[0]:
             raise InputError(f"PartialFC: {labels.shape[0]} labels for {embeddings.shape[0]} "

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main
+from parsing.core.paths import output_dir
 from parsing.core.progress import progress_bar
 from parsing.synth import SynthFaces
 from recognition.evaluation.ijbc import (
@@ -30,13 +31,15 @@ from recognition.evaluation.protocols import write_synthetic_protocol
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recognition.make_ijbc_protocol",
+    p = ArgumentParser(prog="python -m recognition.make_ijbc_protocol",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faces", required=True, help="a parsing.synth data set folder")
     p.add_argument("--out", required=True, help="protocol folder (meta/ and loose_crop/)")
     p.add_argument("--name", choices=tuple(GALLERY_NAMES), default="ijbc")
     p.add_argument("--seed", type=int, default=0, help="media grouping and gallery split")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that already holds files")
     return p
 
 
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     faces = SynthFaces(args.faces)
+    output_dir(args.out, {"--faces": args.faces}, overwrite=args.overwrite)
     samples = [faces[i] for i in progress_bar(range(len(faces)), desc="read faces", unit="img")]
     images = torch.stack([s[0] for s in samples])
     protocol, identification = write_synthetic_protocol(

@@ -3,8 +3,8 @@
 --faces SYNTH_DIR --out synth.bin --pairs 600``.
 
 ``SYNTH_DIR`` is a ``parsing.synth`` data set of aligned 112x112 faces. Pairs are sampled
-with half of them genuine (``recognition.verification.sample_pairs``); each face is stored
-JPEG-encoded, as in insightface's ``lfw.bin``.
+with half of them genuine (``recognition.evaluation.verification.sample_pairs``); each face
+is stored JPEG-encoded, as in insightface's ``lfw.bin``.
 """
 
 from __future__ import annotations
@@ -18,31 +18,32 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from parsing.core.cli import cli_main
-from parsing.core.errors import InputError
+from parsing.core.cli import ArgumentParser, cli_main, positive_int
+from parsing.core.paths import output_file
 from parsing.core.progress import progress_bar
 from parsing.synth import SynthFaces
 from recognition.evaluation.verification import sample_pairs, write_bin
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recognition.make_verification_bin",
+    p = ArgumentParser(prog="python -m recognition.make_verification_bin",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--faces", required=True, help="a parsing.synth data set folder")
     p.add_argument("--out", required=True, help="the .bin file to write")
-    p.add_argument("--pairs", type=int, default=600, help="pairs (half genuine), default 600")
+    p.add_argument("--pairs", type=positive_int, default=600,
+                   help="pairs (half genuine), default 600")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.pairs < 1:
-        raise InputError(f"--pairs must be positive, got {args.pairs}")
     faces = SynthFaces(args.faces)
     first, second, issame = sample_pairs(np.asarray(faces.identities), args.pairs, args.seed)
+    output_file(args.out, {"--faces": args.faces}, overwrite=args.overwrite)
     encoded = {}
     for i in progress_bar(np.unique(np.concatenate([first, second])), desc="encode", unit="img"):
         buffer = io.BytesIO()

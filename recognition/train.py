@@ -15,8 +15,19 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from parsing.core.cli import cli_main
+from fserasing.augment import list_augmentations
+from parsing.core.cli import (
+    ArgumentParser,
+    cli_main,
+    device,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from parsing.core.errors import InputError
+from parsing.core.paths import data_path, output_dir
 from recognition.training.config import TrainConfig, load_config
 from recognition.training.trainer import Trainer
 
@@ -42,8 +53,8 @@ def _parse_json(text: str | None, flag: str) -> dict | None:
     return value
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+def build_arg_parser() -> ArgumentParser:
+    ap = ArgumentParser(
         prog="python -m recognition.train",
         description="Train a face recognizer (ArcFace/CosFace/combined margins, PartialFC) "
                     "with optional FSErasing. Flags override --config (insightface names).",
@@ -60,43 +71,47 @@ def build_arg_parser() -> argparse.ArgumentParser:
       help="import this module first (e.g. one that registers a custom backbone)")
     a("--loss", choices=["arcface", "cosface", "combined"])
     a("--margins", help="m1,m2,m3 of cos(m1*theta + m2) - m3 (scale 64)")
-    a("--embedding-size", type=int)
-    a("--num-classes", type=int, help="default: the number of identities in the data")
-    a("--partial-fc", dest="sample_rate", type=float,
+    a("--embedding-size", type=positive_int)
+    a("--num-classes", type=positive_int, help="default: the number of identities in the data")
+    a("--partial-fc", dest="sample_rate", type=probability,
       help="PartialFC sample rate (1.0 = full softmax)")
-    a("--interclass-filtering-threshold", type=float)
-    a("--aug", choices=["none", "fserasing", "random-erasing", "cutout"])
+    a("--interclass-filtering-threshold", type=probability)
+    a("--aug", choices=list_augmentations())
     a("--masks", help="FSErasing masks: a mask store (masks.rec from parsing.predict --store), "
       "folder of label PNGs, (N,H,W) tensor file, parser:CKPT (parse each batch on the "
       "device), or 'labels' (a synthetic set's own)")
-    a("--aug-p", type=float, help="probability that an image is erased")
+    a("--aug-p", type=probability, help="probability that an image is erased")
     a("--n-erase", help="FSErasing: classes per image, N or LO,HI")
     a("--aug-options", help="JSON options of the chosen augmentation (fserasing: fill, "
       "classes, ...; random-erasing: scale, ratio, value; cutout: size, value)")
     a("--no-flip", dest="flip", action="store_false", default=None)
-    a("--batch-size", type=int, help="per process")
-    a("--lr", type=float)
-    a("--epochs", dest="num_epoch", type=int)
-    a("--warmup-epochs", dest="warmup_epoch", type=int)
+    a("--batch-size", type=positive_int, help="per process")
+    a("--lr", type=positive_float)
+    a("--epochs", dest="num_epoch", type=positive_int)
+    a("--warmup-epochs", dest="warmup_epoch", type=non_negative_int)
     a("--optimizer", choices=["sgd", "adamw"])
-    a("--momentum", type=float)
-    a("--weight-decay", type=float)
-    a("--clip-grad-norm", type=float, help="0 disables (default 5, as insightface)")
+    a("--momentum", type=non_negative_float)
+    a("--weight-decay", type=non_negative_float)
+    a("--clip-grad-norm", type=non_negative_float, help="0 disables (default 5, as insightface)")
     a("--fp16", action="store_true", default=None, help="mixed precision on CUDA")
     a("--bf16", action="store_true", help="bfloat16 autocast instead of float16")
     a("--channels-last", action="store_true", default=None)
     a("--seed", type=int)
-    a("--workers", dest="num_workers", type=int)
-    a("--device")
+    a("--workers", dest="num_workers", type=non_negative_int)
+    a("--device", type=device)
     a("--out", dest="output", help="run folder")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    a("--save-every-steps", type=int)
-    a("--log-every", dest="frequent", type=int)
-    a("--val-every", dest="verbose", type=int)
+    a("--save-every-steps", type=non_negative_int)
+    a("--log-every", dest="frequent", type=positive_int)
+    a("--val-every", dest="verbose", type=positive_int)
     a("--val", dest="val_targets", action="append",
       help="verification set: a .bin file (lfw.bin, ...) or synth:DIR (repeatable)")
     a("--deterministic", action="store_true", default=None)
     a("--skip-bad", action="store_true", default=None, help="skip unreadable samples")
+    a("--overwrite", action="store_true", default=None,
+      help="start a new run in an --out that already holds files (replaces them)")
+    a("--allow-data-change", action="store_true",
+      help="--resume although the images differ from the run's (same identity count)")
     return ap
 
 
@@ -104,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     """Merge config file, checkpoint config (``--resume``) and flags; flags win."""
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("config", "resume", "margins", "network_kwargs", "aug_p",
-                              "n_erase", "aug_options", "bf16")}
+                              "n_erase", "aug_options", "bf16", "overwrite",
+                              "allow_data_change")}
     overrides["margin_list"] = _parse_list(args.margins)
     overrides["network_kwargs"] = _parse_json(args.network_kwargs, "--network-kwargs")
     if args.bf16:
@@ -125,6 +141,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
             raise InputError(f"--resume {resume}: no config.yaml (not a run folder)")
         base_path = saved
         overrides["output"] = str(resume)
+        # a run folder may come from someone else: import only what this command line names
+        unconfirmed = [m for m in load_config(saved).imports if m not in (args.imports or [])]
+        if unconfirmed:
+            raise InputError(f"--resume {resume}: the run imports {', '.join(unconfirmed)}; "
+                             "importing runs its code, so repeat --import "
+                             f"{' --import '.join(unconfirmed)} to allow it")
     cfg = load_config(base_path, **overrides)
     if aug_options:
         field = cfg.aug.replace("-", "_")
@@ -141,7 +163,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
     cfg, resume = config_from_args(args)
-    trainer = Trainer(cfg, resume_from=resume)
+    if resume is None:
+        inputs = {"--data": cfg.rec, "--masks": data_path(cfg.masks),
+                  "--val": [data_path(v) for v in cfg.val_targets], "--config": args.config}
+        if (Path(cfg.output) / "checkpoint.pt").is_file() and not args.overwrite:
+            raise InputError(f"{cfg.output} already holds a run: continue it with --resume "
+                             f"{cfg.output}, start over with --overwrite, or give another --out")
+        output_dir(cfg.output, inputs, overwrite=bool(args.overwrite), flag="--out")
+    trainer = Trainer(cfg, resume_from=resume, overwrite=bool(args.overwrite),
+                      allow_data_change=args.allow_data_change)
     try:
         result = trainer.train()
     finally:

@@ -25,7 +25,8 @@ def blob_sample(rng: np.random.Generator, size: int = 32, n_classes: int = 25):
 
 def write_synth_layout(root: Path, n: int, size: int = 32, seed: int = 0,
                        failed: tuple[int, ...] = ()) -> Path:
-    """``images/{id:06d}.png``, ``labels_25/{id:06d}_seg.png``, ``anno_list.csv``."""
+    """A ``python -m parsing.synth`` layout of blob images: ``images/{id:06d}.png``,
+    ``labels_25/{id:06d}_seg.png``, ``anno_list.csv``, ``landmarks.csv``, ``identities.csv``."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels_25").mkdir(exist_ok=True)
@@ -37,4 +38,9 @@ def write_synth_layout(root: Path, n: int, size: int = 32, seed: int = 0,
             write_label_map(root / "labels_25" / f"{i:06d}_seg.png", label_map)
         rows.append(f"{i},{0 if i in failed else 1}")
     (root / "anno_list.csv").write_text("\n".join(rows) + "\n")
+    header = "frame_id," + ",".join(f"{a}{k}" for k in range(1, 6) for a in "xy")
+    (root / "landmarks.csv").write_text(
+        "\n".join([header] + [f"{i}" + ",0.0" * 10 for i in range(n)]) + "\n")
+    (root / "identities.csv").write_text(
+        "\n".join(["frame_id,identity"] + [f"{i},{i}" for i in range(n)]) + "\n")
     return root

@@ -1,7 +1,7 @@
 """Landmark-based FSE-25 annotation on the packaged photos.
 
 Geometry tests use the Face Mesh landmarks of the two photos stored in tests/data (made
-with ``parsing.landmarks.face_mesh``; test_landmarks checks they still match), so they run
+with ``parsing.photos.landmarks.face_mesh``; test_landmarks checks they still match), so they run
 without MediaPipe; the end-to-end ones skip without it.
 """
 

@@ -522,7 +522,7 @@ def cli_setup(tmp_path, monkeypatch, synth_faces):
     from parsing.core.io import atomic_save, write_label_map
     from recognition.backbones import registry
 
-    monkeypatch.setitem(registry._BACKBONES, "cam_tiny",
+    monkeypatch.setitem(registry._BACKBONES._entries, "cam_tiny",
                         lambda num_features=16: tiny(out=num_features, seed=1))
     atomic_save(tiny(out=16, seed=1).state_dict(), tmp_path / "model.pt")
     faces, labels = synth_faces
@@ -671,5 +671,5 @@ def test_cli_finds_the_face_with_mtcnn(cli_setup, capsys):
     blank = np.full((96, 96, 3), 127, np.uint8)
     Image.fromarray(blank).save(tmp / "blank.png")
     code = main(["--image", str(tmp / "blank.png"), "--parser", str(tmp / "parser.pt"),
-                 "--out", str(tmp / "out"), *common])
+                 "--out", str(tmp / "out_blank"), *common])
     assert code == 2 and "no face found by MTCNN" in capsys.readouterr().err

@@ -113,15 +113,20 @@ def test_cli_rescoring_saved_features(tmp_path, capsys):
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--features",
+    data = tmp_path / "ijb"
+    data.mkdir()
+    assert main(["--data", str(data), "--out", str(tmp_path / "o"), "--features",
                  "f.npy"]) == 2
     assert "error:" in capsys.readouterr().err
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "give --checkpoint" in capsys.readouterr().err
     images, landmarks, identities = _faces(n_ids=2, per_id=2)
-    write_synthetic_protocol(tmp_path, images, landmarks, identities)
+    write_synthetic_protocol(data, images, landmarks, identities)
     np.save(tmp_path / "f.npy", np.zeros((3, 8), np.float32))
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--features",
+    assert main(["--data", str(data), "--out", str(data / "o"), "--features",
+                 str(tmp_path / "f.npy")]) == 2
+    assert "lies inside the --data input" in capsys.readouterr().err
+    assert main(["--data", str(data), "--out", str(tmp_path / "o"), "--features",
                  str(tmp_path / "f.npy")]) == 2
     assert "features must be (4, D)" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""recognition.ijbc against the straightforward reference (insightface's algorithm, sklearn)."""
+"""recognition.evaluation.ijbc against the straightforward reference (insightface, sklearn)."""
 
 from pathlib import Path
 

@@ -35,10 +35,10 @@ def astronaut():
 
 def test_missing_packages_name_the_install_target(monkeypatch):
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
-    with pytest.raises(MissingDependencyError, match="make landmarks"):
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps"):
         landmarks._import_mtcnn()
     monkeypatch.setitem(sys.modules, "mediapipe.python.solutions.face_mesh", None)
-    with pytest.raises(ImportError, match="make landmarks"):
+    with pytest.raises(ImportError, match="pip install --no-deps"):
         landmarks._import_face_mesh()
 
 

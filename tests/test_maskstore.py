@@ -17,8 +17,9 @@ from fserasing import MaskedImageFolder, MaskStoreSource, open_mask_source
 from parsing import predict
 from parsing.core.errors import DataError, InputError
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, decode_mask, encode_mask
+from parsing.core.pixels import normalise
 from parsing.core.recordio import read_index
-from parsing.parser.inference import Parser, normalise_image
+from parsing.parser.inference import Parser
 from parsing.parser.models import create_model
 from parsing.synth import generate
 from recognition.data.datasets import RecordIOFaces
@@ -67,7 +68,8 @@ def _env():
 
 
 def _parse_all(parser_ckpt, images):
-    return Parser.from_checkpoint(parser_ckpt)(torch.stack([normalise_image(i) for i in images]))
+    batch = torch.stack([torch.as_tensor(np.array(i)).permute(2, 0, 1) for i in images])
+    return Parser.from_checkpoint(parser_ckpt)(normalise(batch))
 
 
 def test_round_trip_is_exact_for_both_keyings(tmp_path):
@@ -225,11 +227,12 @@ def test_recognition_trains_on_a_predicted_store(rec, parser_ckpt, tmp_path, cap
     ([], "give one of --out (label PNGs) and --store"),
     (["--store", "{tmp}/m.rec", "--out", "{tmp}/o"], "give one of --out"),
     (["--store", "{tmp}/m.rec", "--sheet", "{tmp}/s.png"], "--overlay and --sheet need --out"),
-    (["--store", "{tmp}/m.rec", "--shard-size", "0"], "--shard-size 0: must be at least 1"),
+    (["--store", "{tmp}/m.rec", "--shard-size", "0"], "--shard-size: must be a positive integer"),
+    (["--store", "{images}/m.rec"], "lies inside the --images input"),
 ])
 def test_predict_store_flags(extra, message, folder, parser_ckpt, tmp_path, capsys):
     argv = ["--checkpoint", str(parser_ckpt), "--images", str(folder),
-            *[a.format(tmp=tmp_path) for a in extra]]
+            *[a.format(tmp=tmp_path, images=folder) for a in extra]]
     assert predict.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]

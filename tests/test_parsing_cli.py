@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +66,29 @@ def _interrupt_after_epoch_1(synth_dir, out, monkeypatch):
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
-def test_resume_continues_exactly(trained, synth_dir, tmp_path, monkeypatch):
-    _interrupt_after_epoch_1(synth_dir, tmp_path / "resumed", monkeypatch)
-    # the device is not a run setting: exact continuation needs the run's device again
-    assert train_mod.main(["--out", str(tmp_path / "resumed"), "--resume", "--workers", "0",
+def test_resume_continues_exactly_with_other_workers(trained, synth_dir, tmp_path, monkeypatch):
+    run = tmp_path / "resumed"
+    _interrupt_after_epoch_1(synth_dir, run, monkeypatch)
+    assert oct(os.stat(run / "last.pt").st_mode & 0o777) == oct(0o666 & ~_umask())
+    stale = run / ".last.pt.k1ll3d_x"  # what a save killed mid-write leaves
+    stale.write_bytes(b"partial")
+    # the device is not a run setting: exact continuation needs the run's device again; the
+    # augmentation of each sample is seeded per sample, so a loader worker changes nothing
+    assert train_mod.main(["--out", str(run), "--resume", "--workers", "1",
                            "--device", "cpu"]) == 0
-    a = load_checkpoint(trained / "last.pt")  # the same run, uninterrupted
-    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert not stale.exists()
+    a = load_checkpoint(trained / "last.pt")  # the same run, uninterrupted, without workers
+    b = load_checkpoint(run / "last.pt")
     assert b["epoch"] == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from parsing.core.errors import DataError, InputError
 from parsing.core.recordio import MAGIC, RecordIOReader, RecordIOWriter, encode_frames, pack, unpack
 from recognition.data.datasets import RecordIOFaces, collate_faces, open_dataset
-from recognition.data.recordio import main, pack_image_folder, write_recordio
+from recognition.data.recordio import pack_image_folder, write_recordio
+from recognition.make_recordio import main
 
 M = struct.pack("<I", MAGIC)
 
@@ -144,6 +145,17 @@ def test_headerless_recordio_uses_every_key(tmp_path):
     assert ds.num_classes == 5 and ds[2]["image"].shape == (3, 16, 16)
     with pytest.raises(DataError, match="holds 5 identities"):
         RecordIOFaces(tmp_path / "x.rec", size=16, num_classes=3)
+
+
+def test_header_with_an_empty_identity_range_takes_labels_from_the_images(tmp_path):
+    rng = np.random.default_rng(4)
+    with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
+        w.write(0, pack([4, 4], b""))  # images 1..3, no identity records (insightface accepts it)
+        for k, lab in [(1, 2), (2, 0), (3, 2)]:
+            w.write(k, pack(float(lab), _png(rng, 16)[1]))
+    ds = RecordIOFaces(tmp_path, size=16)
+    assert ds.keys == ["1", "2", "3"] and ds.labels.tolist() == [2, 0, 2]
+    assert ds.num_classes == 3 and ds[0]["label"] == 2
 
 
 def _offsets(path):

@@ -1,4 +1,4 @@
-"""recognition.roc against sklearn.metrics.roc_curve and insightface's nearest-FAR rule."""
+"""recognition.evaluation.roc against sklearn's roc_curve and insightface's nearest-FAR rule."""
 
 import numpy as np
 import pytest

@@ -138,7 +138,8 @@ def test_cli_errors(tmp_path, faces, capsys):
 def test_resume_after_sigkill_is_bit_exact(tmp_path, faces):
     args = ["--data", str(faces), "--network", "tiny_cnn", *TINY, "--batch-size", "4",
             "--epochs", "4", "--warmup-epochs", "1", "--aug", "fserasing", "--aug-p", "1",
-            "--partial-fc", "0.5", "--deterministic", "--seed", "3", "--save-every-steps", "1"]
+            "--partial-fc", "0.5", "--deterministic", "--seed", "3", "--save-every-steps", "1",
+            "--log-every", "5"]
     full = _train([*args, "--out", str(tmp_path / "full")])
     victim = _train([*args, "--out", str(tmp_path / "cut")])
     ckpt = tmp_path / "cut" / "checkpoint.pt"
@@ -153,7 +154,8 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, faces):
     killed_at = torch.load(ckpt, weights_only=True)["global_step"]
     assert 3 <= killed_at < 24
     # resume with a loader worker: where samples are decoded must not matter
-    resumed = _train(["--resume", str(tmp_path / "cut"), "--workers", "1"])
+    resumed = _train(["--resume", str(tmp_path / "cut"), "--workers", "1",
+                      "--import", "tests.recog_helpers"])
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     assert f"resumed {ckpt} at" in err
@@ -166,6 +168,59 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, faces):
     _assert_state_equal(torch.load(tmp_path / "full" / "model.pt", weights_only=True),
                         torch.load(tmp_path / "cut" / "model.pt", weights_only=True))
     assert json.loads(out.strip().splitlines()[-1])["global_step"] == 24
+    # the loss rows too: a resume inside a 5-step log interval averages the whole interval
+    rows = [[{k: r[k] for k in ("step", "epoch", "loss", "lr", "skipped") if k in r}
+             for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+            for run in (tmp_path / "full", tmp_path / "cut")]
+    assert len(rows[0]) == 4 * 2  # 6 steps per epoch: logged at steps 5 and 6 of each
+    assert rows[0] == rows[1]
+    assert not list((tmp_path / "cut").glob(".checkpoint.pt.*"))
+
+
+def test_resume_refuses_other_data_and_unconfirmed_imports(tmp_path, faces, capsys):
+    data = tmp_path / "faces"
+    shutil.copytree(faces, data)
+    out = tmp_path / "run"
+    assert main(["--data", str(data), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
+                 "--epochs", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    cfg = (out / "config.yaml").read_text().replace("num_epoch: 2", "num_epoch: 3")
+    (out / "config.yaml").write_text(cfg)
+    # a run folder names modules to import: they run code, so the user must repeat them
+    assert main(["--resume", str(out)]) == 2
+    assert "repeat --import tests.recog_helpers" in capsys.readouterr().err
+    resume = ["--resume", str(out), "--import", "tests.recog_helpers"]
+    (data / "images" / "000000.png").write_bytes((data / "images" / "000001.png").read_bytes())
+    ids = (data / "identities.csv").read_text().splitlines()
+    (data / "identities.csv").write_text("\n".join([ids[0], "0,5", *ids[2:]]) + "\n")
+    assert main(resume) == 2  # same identities, another file list
+    err = capsys.readouterr().err.strip()
+    assert "trained on other data" in err and "--allow-data-change" in err and "\n" not in err
+    (data / "identities.csv").write_text("\n".join([ids[0], "0,7", *ids[2:]]) + "\n")
+    assert main([*resume, "--allow-data-change"]) == 2  # 7 identities: the head cannot follow
+    assert "trained on 6 identities" in capsys.readouterr().err
+    (data / "identities.csv").write_text("\n".join([ids[0], "0,5", *ids[2:]]) + "\n")
+    assert main([*resume, "--allow-data-change"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["global_step"] == 9
+
+
+def test_bad_values_are_one_line_errors(tmp_path, faces, capsys):
+    base = ["--data", str(faces), "--network", "tiny_cnn", *TINY, "--out", str(tmp_path / "r")]
+    for extra, message in [(["--lr", "-1"], "argument --lr: must be a positive number"),
+                           (["--lr", "nan"], "argument --lr: must be a finite number"),
+                           (["--device", "bogus"], "argument --device: 'bogus' is not a device"),
+                           (["--batch-size", "0"], "must be a positive integer")]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: -0.5\n")
+    assert main([*base, "--config", str(cfg)]) == 2
+    assert "lr must be a positive number" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
@@ -222,7 +277,9 @@ def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
             "--epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 2
     assert "000005.png: undecodable image" in capsys.readouterr().err
-    assert main([*args, "--skip-bad"]) == 0
+    assert main([*args, "--skip-bad"]) == 2  # the failed run left its files
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--skip-bad", "--overwrite"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped"] == 1 and summary["global_step"] == 3
 

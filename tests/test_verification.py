@@ -261,7 +261,7 @@ def test_write_bin_round_trip(tmp_path):
 
 
 def test_sample_pairs_half_genuine_distinct_images():
-    identities = np.repeat(np.arange(7), 4)
+    identities = np.repeat(np.arange(7), 5)
     first, second, issame = sample_pairs(identities, 101, seed=3)
     assert len(first) == len(second) == len(issame) == 101
     assert issame.sum() == 50
@@ -272,6 +272,9 @@ def test_sample_pairs_half_genuine_distinct_images():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(InputError, match="two identities"):
         sample_pairs(np.arange(5), 10)
+    # more pairs than distinct ones exist would repeat pairs
+    with pytest.raises(InputError, match="--pairs 142: 35 images make only 70 genuine"):
+        sample_pairs(identities, 142)
 
 
 @pytest.mark.slow
@@ -282,10 +285,10 @@ def test_make_verification_bin_from_parsing_synth(tmp_path):
     write_dataset(tmp_path / "faces", 4, 3, seed=4, workers=1)
     out = tmp_path / "synth.bin"
     assert make_verification_bin.main(["--faces", str(tmp_path / "faces"), "--out", str(out),
-                                       "--pairs", "30"]) == 0
+                                       "--pairs", "24"]) == 0
     images, issame = load_bin(out)
-    assert len(images) == 60 and issame.sum() == 15
-    assert decode_images(images, progress=False).shape == (60, 3, 112, 112)
+    assert len(images) == 48 and issame.sum() == 12
+    assert decode_images(images, progress=False).shape == (48, 3, 112, 112)
 
 
 class _HugeObjectArray:

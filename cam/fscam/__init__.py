@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from cam.base import Explainer, Explanation, check_images, minmax
+from cam.base import Explainer, Explanation, check_images, minmax, register_explainer
 from cam.regions import check_label_maps, paint_regions, region_attribution
 from cam.targets import Target, as_target
 from parsing.core.errors import InputError
 from parsing.core.labels import LabelSet, get_label_set
 
 
+@register_explainer("fscam")
 class FSCAM(Explainer):
     """FS-CAM: a score per face region, painted on the region (reference §4.1).
 

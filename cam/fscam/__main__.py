@@ -23,31 +23,37 @@ import torch
 from torch import Tensor, nn
 
 from cam import plot
-from cam.base import Explainer, Explanation
+from cam.base import (
+    ActivationGradientExplainer,
+    Explainer,
+    Explanation,
+    create_explainer,
+    explainer_class,
+    list_explainers,
+)
 from cam.fscam import FSCAM
-from cam.gradcam import GradCAM
-from cam.groupcam import GroupCAM
 from cam.regions import RegionStats, region_attribution
-from cam.rise import RISE
 from cam.targets import SimilarityTarget, Target
 from parsing import Parser
 from parsing.core.align import align_face
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
 from parsing.core.errors import InputError
 from parsing.core.io import list_images, read_image, read_label_map
 from parsing.core.labels import FSE25
+from parsing.core.paths import check_unique_keys, output_dir
+from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.photos.landmarks import detect_faces
-from recognition.evaluation.embedding import load_backbone, network_kwargs_arg, to_model_input
+from recognition.evaluation.embedding import load_backbone, network_kwargs_arg
 
+#: ``--method all``, in this order (figure panels, CSV rows)
 METHODS = ("fscam", "gradcam", "rise", "groupcam")
-GRADIENT_METHODS = ("gradcam", "groupcam")
 FACE_IDS = FSE25.ids("face")
 IMAGES_PER_STEP = 8
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m cam.fscam", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     source = ap.add_mutually_exclusive_group(required=True)
@@ -65,24 +71,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "
                                          "--images a folder of PNGs named like the images")
-    ap.add_argument("--method", choices=(*METHODS, "all"), default="fscam")
+    ap.add_argument("--method", choices=(*list_explainers(), "all"), default="fscam")
     ap.add_argument("--mode", choices=("keep", "remove"), default="keep",
                     help="FS-CAM: score each region alone (keep) or its removal (remove)")
     align = ap.add_mutually_exclusive_group()
     align.add_argument("--aligned", action="store_true",
                        help="the images are 112x112 ArcFace crops already (default: align "
-                            "with --landmarks, or with MTCNN's five points: `make landmarks`)")
+                            "with --landmarks, or with MTCNN's five points)")
     align.add_argument("--landmarks", help="x1,y1,...,x5,y5: five points of --image (eyes, "
                                            "nose tip, mouth corners; image-left first)")
     ap.add_argument("--reference-landmarks", help="five points of --reference")
     ap.add_argument("--target-layer", help="layer for Grad-CAM/Group-CAM (default: the last "
                                            "block of layer4)")
-    ap.add_argument("--rise-masks", type=int, default=4000)
-    ap.add_argument("--groups", type=int, default=32, help="Group-CAM channel groups")
-    ap.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rise-masks", type=positive_int, default=4000)
+    ap.add_argument("--groups", type=positive_int, default=32, help="Group-CAM channel groups")
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
+    ap.add_argument("--device", type=device, default="cpu")
     ap.add_argument("--seed", type=int, default=0, help="RISE masks")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into an --out that already holds files")
     return ap.parse_args(argv)
 
 
@@ -115,24 +123,31 @@ def load_face(path: Path, aligned: bool, landmarks: str | None, what: str) -> Te
     return align_face(face, found.landmarks5[0])
 
 
-def images_to_explain(args: argparse.Namespace) -> list[Path]:
-    if args.image:
-        return [Path(args.image)]
-    paths, _ = list_images(args.images)
-    if args.landmarks:
+def images_to_explain(image: str | None, images: str | None, landmarks: str | None
+                      ) -> tuple[list[Path], list[str]]:
+    """``image``, or every image under the folder ``images``, with the names of their outputs
+    (relative path without the suffix)."""
+    if image:
+        return [Path(image)], [Path(image).stem]
+    paths, rels = list_images(images)
+    if landmarks:
         raise InputError("--landmarks describes one --image; a folder is aligned by MTCNN or "
                          "given as --aligned crops")
-    return paths
+    names = [r.with_suffix("").as_posix() for r in rels]
+    check_unique_keys(paths, names, f"--images {images}")
+    return paths, names
 
 
 class LabelSource:
-    """FSE-25 label maps of aligned faces: from PNGs (``--labels``) or a parser."""
+    """FSE-25 label maps of aligned faces: from a parser checkpoint, or from PNGs (``labels``:
+    one file for a single image, else a folder mirroring ``images_root``)."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args, self.parser = args, None
-        if args.parser:
-            self.parser = Parser.from_checkpoint(args.parser, device=args.device)
-        elif not args.labels:
+    def __init__(self, parser: str | None, labels: str | None, images_root: str | None = None,
+                 device: str = "cpu"):
+        self.labels, self.images_root, self.parser = labels, images_root, None
+        if parser:
+            self.parser = Parser.from_checkpoint(parser, device=device)
+        elif not labels:
             raise InputError("FS-CAM and the region scores need face regions: give --parser CKPT "
                              "or --labels PNG/DIR")
 
@@ -149,9 +164,9 @@ class LabelSource:
         return maps
 
     def _read(self, path: Path) -> Tensor:
-        labels = Path(self.args.labels)
-        file = labels if self.args.image else \
-            labels / path.relative_to(self.args.images).with_suffix(".png")
+        labels = Path(self.labels)
+        file = labels if self.images_root is None else \
+            labels / path.relative_to(self.images_root).with_suffix(".png")
         label_map = torch.from_numpy(read_label_map(file))
         if label_map.shape != (112, 112):
             raise InputError(f"{file}: label map is {label_map.shape[1]}x{label_map.shape[0]}, "
@@ -187,51 +202,68 @@ def default_layer(model: nn.Module, device: str) -> str:
     return spatial[-1]
 
 
-def build_explainers(args: argparse.Namespace, model: nn.Module) -> dict[str, Explainer]:
-    methods = METHODS if args.method == "all" else (args.method,)
-    layer = args.target_layer or (default_layer(model, args.device)
-                                  if set(methods) & set(GRADIENT_METHODS) else None)
-    make = {
-        "fscam": lambda: FSCAM(model, mode=args.mode, batch_size=args.batch_size),
-        "gradcam": lambda: GradCAM(model, layer),
-        "rise": lambda: RISE(model, n_masks=args.rise_masks, batch_size=args.batch_size,
-                             seed=args.seed, progress=True),
-        "groupcam": lambda: GroupCAM(model, layer, groups=args.groups,
-                                     batch_size=args.batch_size),
+def uses_gradients(method: str) -> bool:
+    """Whether the registered explainer ``method`` works on a layer's gradients."""
+    return issubclass(explainer_class(method), ActivationGradientExplainer)
+
+
+def build_explainers(model: nn.Module, methods: Sequence[str], *, target_layer: str | None = None,
+                     mode: str = "keep", batch_size: int = 64, rise_masks: int = 4000,
+                     seed: int = 0, groups: int = 32, device: str = "cpu"
+                     ) -> dict[str, Explainer]:
+    """The registered explainers ``methods`` on ``model`` with this command's options; the
+    gradient methods use ``target_layer`` (default: :func:`default_layer`)."""
+    gradient = [m for m in methods if uses_gradients(m)]
+    layer = target_layer or (default_layer(model, device) if gradient else None)
+    options = {
+        "fscam": {"mode": mode, "batch_size": batch_size},
+        "rise": {"n_masks": rise_masks, "batch_size": batch_size, "seed": seed,
+                 "progress": True},
+        "groupcam": {"groups": groups, "batch_size": batch_size},
     }
-    return {name: make[name]() for name in methods}
+    return {name: create_explainer(name, model, **options.get(name, {}),
+                                   **({"target_layer": layer} if name in gradient else {}))
+            for name in methods}
 
 
-def targets_for(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, Target], str]:
-    """Target per method and a sentence saying what is explained."""
-    if args.reference:
-        face = load_face(Path(args.reference), args.aligned and not args.reference_landmarks,
-                         args.reference_landmarks, "--reference-landmarks")
+def targets_for(model: nn.Module, methods: Sequence[str], reference: str | None = None,
+                aligned: bool = False, reference_landmarks: str | None = None,
+                device: str = "cpu") -> tuple[dict[str, Target], str]:
+    """Target per method and a sentence saying what is explained: the similarity to the
+    ``reference`` face's embedding, else to each image's own."""
+    if reference:
+        face = load_face(Path(reference), aligned and not reference_landmarks,
+                         reference_landmarks, "--reference-landmarks")
         with torch.no_grad():
-            reference = model(to_model_input(face[None]).to(args.device))[0]
-        target = SimilarityTarget(reference)
-        return dict.fromkeys(METHODS, target), \
-            f"cosine similarity to the embedding of {args.reference}"
+            embedding = model(normalise(face[None]).to(device))[0]
+        target = SimilarityTarget(embedding)
+        return dict.fromkeys(methods, target), \
+            f"cosine similarity to the embedding of {reference}"
     # the cosine to the image's own embedding has zero gradient at the image
-    targets = {m: SimilarityTarget(metric="dot" if m in GRADIENT_METHODS else "cosine")
-               for m in METHODS}
+    targets = {m: SimilarityTarget(metric="dot" if uses_gradients(m) else "cosine")
+               for m in methods}
     description = "self-similarity: cosine to the image's own embedding"
-    if args.method in ("all", *GRADIENT_METHODS):
+    if any(uses_gradients(m) for m in methods):
         description += (" (Grad-CAM and Group-CAM: projection on it, as the cosine has zero "
                         "gradient there)")
     return targets, description
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.rise_masks < 1 or args.batch_size < 1:
-        raise InputError("--rise-masks and --batch-size must be >= 1")
-    paths = images_to_explain(args)
+    paths, names = images_to_explain(args.image, args.images, args.landmarks)
+    out = output_dir(args.out, {"--image": args.image, "--images": args.images,
+                                "--reference": args.reference, "--model": args.model,
+                                "--parser": args.parser, "--labels": args.labels},
+                     overwrite=args.overwrite)
     model = load_backbone(args.model, args.network, args.network_kwargs, args.device)
-    label_source = LabelSource(args)
-    explainers = build_explainers(args, model)
-    targets, description = targets_for(args, model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    label_source = LabelSource(args.parser, args.labels, None if args.image else args.images,
+                               args.device)
+    methods = METHODS if args.method == "all" else (args.method,)
+    explainers = build_explainers(model, methods, target_layer=args.target_layer, mode=args.mode,
+                                  batch_size=args.batch_size, rise_masks=args.rise_masks,
+                                  seed=args.seed, groups=args.groups, device=args.device)
+    targets, description = targets_for(model, methods, args.reference, args.aligned,
+                                       args.reference_landmarks, args.device)
     print(f"target: {description}")
     stats = {name: RegionStats() for name in explainers}
     fscam_stats = RegionStats()
@@ -241,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
         chunk = paths[start:start + IMAGES_PER_STEP]
         faces = torch.stack([load_face(p, args.aligned, args.landmarks, "--landmarks")
                              for p in chunk])
-        images = to_model_input(faces).to(args.device)
+        images = normalise(faces).to(args.device)
         label_maps = label_source(chunk, images)
         results: dict[str, Explanation] = {}
         for name, explainer in explainers.items():
@@ -256,8 +288,8 @@ def run(args: argparse.Namespace) -> None:
         for name in results:  # absent regions do not count in the summary
             stats[name].update(torch.where(present, shares[name], float("nan")))
         for i, path in enumerate(chunk):
-            rows += write_image_outputs(out, path, faces[i], label_maps[i], results, shares, i,
-                                        description)
+            rows += write_image_outputs(out, path, names[start + i], faces[i], label_maps[i],
+                                        results, shares, i, description)
     for explainer in explainers.values():
         explainer.close()
     write_csv(out / "regions.csv", rows)
@@ -267,10 +299,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} figure(s) and regions.csv to {out}")
 
 
-def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
+def write_image_outputs(out: Path, path: Path, key: str, face: Tensor, label_map: Tensor,
                         results: dict[str, Explanation], shares: dict[str, Tensor], i: int,
                         description: str) -> list[dict]:
-    stem = path.stem
+    (out / key).parent.mkdir(parents=True, exist_ok=True)
     present = torch.unique(label_map).tolist()
     absent = torch.ones(FSE25.num_classes, dtype=torch.bool)
     absent[present] = False
@@ -281,7 +313,7 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
               for name, r in results.items()}
     plot.compare(face, {titles[n]: r.map[i] for n, r in results.items()},
                  {titles[n]: v for n, v in bars.items()}, label_map=label_map,
-                 title=f"{path.name}: {description}", path=out / f"{stem}.png")
+                 title=f"{path.name}: {description}", path=out / f"{key}.png")
     record = {"image": str(path), "target": description, "methods": {}}
     rows = []
     for name, r in results.items():
@@ -297,7 +329,7 @@ def write_image_outputs(out: Path, path: Path, face: Tensor, label_map: Tensor,
                 entry["region_score"][region] = row["region_score"] = float(r.region_scores[i, k])
             rows.append(row)
         record["methods"][name] = entry
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{key}.json").write_text(json.dumps(record, indent=2))
     first = next(iter(results))
     top = sorted(present, key=lambda k: -float(bars[first][k].nan_to_num(float("-inf"))))[:5]
     print(f"{path.name}: top regions by {titles[first]}: "

@@ -1,7 +1,7 @@
-"""Five-point similarity alignment to the ArcFace 112x112 template (reference §5.1).
+"""Five-point similarity alignment of faces and label maps to the ArcFace 112x112 template.
 
-``python -m parsing.align --images DIR --out DIR [--detector mtcnn|facemesh]`` detects the
-best face of each photo (:mod:`parsing.landmarks`, optional packages) and writes the crops.
+The template and point order are those of reference §5.1; ``python -m parsing.align`` is the
+command over a folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kornia.geometry.transform import warp_affine
+from kornia.geometry.transform import invert_affine_transform, warp_affine
 from PIL import Image
 
 from parsing.core.errors import DataError, InputError
@@ -123,13 +123,22 @@ def align_label_map(label_map: torch.Tensor, landmarks5: torch.Tensor, size: int
     """
     single = label_map.dim() == 2
     maps = label_map[None] if single else label_map
-    pts = torch.as_tensor(landmarks5, dtype=torch.float64, device=maps.device)
-    pts = pts[None] if pts.dim() == 2 else pts
-    matrix = estimate_similarity(pts, ARCFACE_TEMPLATE.to(maps.device) * (size / 112.0))
-    warped = warp_affine(maps[:, None].float(), matrix.float(), dsize=(size, size),
-                         mode="nearest", padding_mode="zeros", align_corners=True)
+    warped = align_face(maps[:, None].float(), landmarks5, size, mode="nearest")
     out = warped[:, 0].round().to(label_map.dtype)
     return out[0] if single else out
+
+
+def unalign_label_map(label_map: torch.Tensor, landmarks5: torch.Tensor,
+                      shape: tuple[int, int]) -> torch.Tensor:
+    """The inverse of :func:`align_label_map`: an aligned (S, S) map back onto the (H, W) photo
+    whose five points are ``landmarks5``, nearest neighbour; 0 outside the aligned crop."""
+    size = label_map.shape[-1]
+    pts = torch.as_tensor(landmarks5, dtype=torch.float64).reshape(1, 5, 2)
+    matrix = estimate_similarity(pts, ARCFACE_TEMPLATE * (size / 112.0)).float()
+    back = warp_affine(label_map.float().reshape(1, 1, size, size).cpu(),
+                       invert_affine_transform(matrix), dsize=shape, mode="nearest",
+                       padding_mode="zeros", align_corners=True)
+    return back[0, 0].round().to(label_map.dtype)
 
 
 def _key(name: str) -> str:
@@ -150,7 +159,10 @@ def read_landmarks_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         if len(row) != 11 or not all(_is_number(v) for v in row[1:]):
             raise DataError(f"{path}:{n}: expected key and 10 coordinates, got {len(row)} fields")
-        out[_key(row[0].strip())] = np.asarray(row[1:], dtype=np.float64).reshape(5, 2)
+        points = np.asarray(row[1:], dtype=np.float64).reshape(5, 2)
+        if not np.isfinite(points).all():
+            raise DataError(f"{path}:{n}: landmarks must be finite numbers, got {row[1:]}")
+        out[_key(row[0].strip())] = points
     if not out:
         raise DataError(f"{path}: no landmark rows")
     return out

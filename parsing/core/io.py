@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+import pickle
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +67,31 @@ def write_label_map(path: str | os.PathLike, label_map: np.ndarray | torch.Tenso
     Image.fromarray(arr, mode="L").save(path)
 
 
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it (and put it back)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half file."""
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half file.
+
+    The file gets the mode of any new file (``0o666`` less the umask), not ``mkstemp``'s
+    ``0o600``. A temporary file left by a killed save is named ``.{name}.XXXXXXXX``;
+    :func:`remove_stale_temporaries` deletes those.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -79,12 +102,33 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_save` calls left for
+    ``folder/name`` (one process per run folder: call it before that process saves)."""
+    removed = []
+    for name in names:
+        pattern = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}")
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*"):
+            if pattern.fullmatch(tmp.name) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``: no code runs)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(exc))
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+            reason = detail.group(1).strip() if detail else str(exc).splitlines()[0]
+            raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None
+        raise DataError(f"{path}: refused: it holds objects that could run code when loaded "
+                        f"(it names {found.group(1)}), not only tensors and plain values") from None
     except Exception as exc:  # torch raises several types for truncated/unsafe files
         first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
         reason = f"{type(exc).__name__}: {first_line.strip()}"

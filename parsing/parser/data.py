@@ -3,7 +3,7 @@
 Every dataset yields ``(image, label_map)``: without a transform a uint8 (3, H, W) image and
 a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_transform`,
 :func:`eval_transform`). Label maps are converted from the dataset's own label set to the
-``labels`` asked for (``parsing.labels.convert``). Layouts (reference §2.3, §2.4):
+``labels`` asked for (``parsing.core.labels.convert``). Layouts (reference §2.3, §2.4):
 
 * ``facesynthetics``: ``ROOT/{id:06d}.png``, ``{id:06d}_seg.png`` (own 19 classes),
   ``{id:06d}_ldmks.txt`` (70 lines ``x y``); FSE-25 labels in ``ROOT/labels_25/{id:06d}_seg.png``
@@ -11,8 +11,9 @@ a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_t
   ``ROOT/anno_list.csv`` (``frame_id,with_25``) marks as labelled. ``align=True`` warps image
   and labels to the ArcFace template (reference §5.1) with the five points taken from the 68
   landmarks (labels: nearest neighbour).
-* ``synth`` (``python -m parsing.synth``): ``ROOT/images/{id:06d}.png``, ``labels_25/``,
-  ``anno_list.csv``; already aligned.
+* ``synth`` (``python -m parsing.synth``): read by :class:`parsing.synth.SynthFaces` (its
+  layout: ``images/``, ``labels_25/``, ``anno_list.csv``, ``landmarks.csv``,
+  ``identities.csv``); already aligned.
 * ``celebamask``: ``ROOT/CelebA-HQ-img/{idx}.jpg``, part masks
   ``ROOT/CelebAMask-HQ-mask-anno/{idx // 2000}/{idx:05d}_{part}.png`` painted in the official
   part order (later parts over earlier ones); the official split reads
@@ -54,18 +55,21 @@ from parsing.core.labels import (
     convert,
     get_label_set,
 )
+from parsing.core.paths import check_unique_keys
+from parsing.core.registry import Registry
 from parsing.parser.transforms import RandomHorizontalFlip
+from parsing.synth import SynthFaces
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DATA_KINDS", "DataSpec",
-    "FaceSynthetics", "FolderDataset", "ParsingDataset", "build_dataset", "collate",
-    "count_labels", "eval_transform", "has_official_split", "parse_data_spec", "split_indices",
+    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DataKind", "DataSpec",
+    "FaceSynthetics", "FolderDataset", "ParsingDataset", "SeededSamples", "SynthParsing",
+    "build_dataset", "collate", "count_labels", "eval_transform", "has_official_split",
+    "list_data_kinds", "parse_data_spec", "register_data_kind", "split_indices",
     "train_transform",
 ]
 
-DATA_KINDS = ("synth", "facesynthetics", "celebamask", "folder")
 SPLITS = ("train", "val", "test", "all")
 # Official painting order: part i is painted with id i + 1 of the `official` order.
 CELEBAMASK_PARTS = CELEBAMASK_OFFICIAL.names[1:]
@@ -132,8 +136,14 @@ def _image_tensor(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1)  # copy: PIL's is read-only
 
 
-def _label_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(read_label_map(path)))
+def _label_tensor(path: Path, label_set: LabelSet) -> torch.Tensor:
+    """A label PNG whose ids are checked against ``label_set`` (DataError names the file)."""
+    label_map = torch.from_numpy(np.array(read_label_map(path)))
+    try:
+        label_set.check(label_map, str(path))
+    except LabelError as exc:  # a corrupt data file: skippable like any other
+        raise DataError(str(exc)) from None
+    return label_map
 
 
 def _read_anno_list(path: Path) -> list[int]:
@@ -172,11 +182,10 @@ class FaceSynthetics(ParsingDataset):
     ``labels="fse25"`` (or ``"fse10"``) reads ``labels_25/`` (``labels_10/``) for the frames
     ``anno_list.csv`` marks; ``labels="facesynthetics"`` reads ``{id}_seg.png`` of every image.
     ``align=True`` aligns to ``size`` x ``size`` with the 5 points from ``{id}_ldmks.txt``.
-    ``image_dir`` is where ``{id:06d}.png`` live (default ``root``; ``root/images`` for synth).
     """
 
     def __init__(self, root: str | os.PathLike, labels: str | LabelSet = "fse25",
-                 align: bool = False, size: int = 112, image_dir: str | os.PathLike | None = None,
+                 align: bool = False, size: int = 112,
                  transform: Callable[..., Any] | None = None, skip_bad: bool = False) -> None:
         label_set = get_label_set(labels)
         has_fse10 = (Path(root) / "labels_10").is_dir()
@@ -184,7 +193,7 @@ class FaceSynthetics(ParsingDataset):
                               or (label_set is FSE10 and has_fse10) else FSE25)
         super().__init__(label_set, transform, skip_bad)
         self.root = Path(root)
-        self.image_dir = Path(image_dir) if image_dir is not None else self.root
+        self.image_dir = self.root
         self.align, self.size = align, size
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: no such image directory")
@@ -204,12 +213,28 @@ class FaceSynthetics(ParsingDataset):
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         fid = self.samples[index]
         image = _image_tensor(self.image_dir / f"{fid:06d}.png")
-        label_map = _label_tensor(self.label_dir / f"{fid:06d}_seg.png")
+        label_map = _label_tensor(self.label_dir / f"{fid:06d}_seg.png", self.native_labels)
         if self.align:
             pts = landmarks5_from_68(_read_landmarks70(self.image_dir / f"{fid:06d}_ldmks.txt"))
             image = align_face(image, pts, self.size)
             label_map = align_face(label_map[None], pts, self.size, mode="nearest")[0]
         return image, label_map
+
+
+class SynthParsing(ParsingDataset):
+    """A ``python -m parsing.synth`` set, read by :class:`parsing.synth.SynthFaces` (FSE-25)."""
+
+    def __init__(self, root: str | os.PathLike, labels: str | LabelSet = "fse25",
+                 transform: Callable[..., Any] | None = None, skip_bad: bool = False) -> None:
+        super().__init__(labels, transform, skip_bad)
+        self.faces = SynthFaces(root)
+        self.samples = self.faces.frame_ids
+
+    def name(self, index: int) -> str:
+        return f"{self.samples[index]:06d}"
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.faces.load(index)
 
 
 def _read_celeba_split(root: Path) -> dict[int, int]:
@@ -320,6 +345,9 @@ class FolderDataset(ParsingDataset):
             self.samples = sorted(
                 p.relative_to(self.image_dir).as_posix() for p in self.image_dir.rglob("*")
                 if p.suffix.lower() in IMAGE_EXTENSIONS)
+            check_unique_keys([self.image_dir / s for s in self.samples],
+                              [Path(s).with_suffix("").as_posix() for s in self.samples],
+                              str(self.image_dir))
         else:
             list_file = self.root / f"{split}.txt"
             if not list_file.is_file():
@@ -336,11 +364,7 @@ class FolderDataset(ParsingDataset):
                      if (p := self.image_dir / f"{stem}{ext}").is_file()]
             image_path = found[0] if found else self.image_dir / f"{stem}.png"
         label_path = self.label_dir / f"{stem}.png"
-        label_map = _label_tensor(label_path)
-        try:
-            self.native_labels.check(label_map, str(label_path))
-        except LabelError as exc:
-            raise DataError(str(exc)) from None
+        label_map = _label_tensor(label_path, self.native_labels)
         return _image_tensor(image_path), label_map
 
 
@@ -385,6 +409,31 @@ def _to_model_input() -> list[Any]:
         v2.Normalize([0.5] * 3, [0.5] * 3),
         v2.ToPureTensor(),
     ]
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` read (and augmented) under a torch RNG seeded from (seed, epoch, i).
+
+    The random transform of each sample is then the same whichever loader process reads it,
+    so a run gives the same batches with any ``num_workers``. Call :meth:`set_epoch` before
+    each epoch's iterator is created (workers copy the dataset when they start).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        entropy = [self.seed % 2**64, self.epoch, index]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -432,6 +481,75 @@ def count_labels(dataset: ParsingDataset, num_classes: int, max_samples: int = 2
 # --data KIND:PATH
 
 
+Opener = Callable[..., ParsingDataset]
+
+
+class DataKind(NamedTuple):
+    """A registered ``--data`` kind.
+
+    ``open(path, split, *, labels, transform, skip_bad, align, size)`` reads ``split``
+    (``"all"`` unless ``has_split(path)``: the data comes with its own train/val/test split).
+    """
+
+    open: Opener
+    has_split: Callable[[Path], bool]
+
+
+_DATA_KINDS: Registry[DataKind] = Registry("kind")
+
+
+def _no_split(path: Path) -> bool:
+    return False
+
+
+def register_data_kind(name: str, has_split: Callable[[Path], bool] = _no_split
+                       ) -> Callable[[Opener], Opener]:
+    """Decorator adding ``--data NAME:PATH``: the function opens a split of ``PATH`` (see
+    :class:`DataKind`); ``has_split(path)`` says whether ``PATH`` has its own splits."""
+
+    def add(open_fn: Opener) -> Opener:
+        _DATA_KINDS.register(name)(DataKind(open_fn, has_split))
+        return open_fn
+
+    return add
+
+
+def list_data_kinds(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered ``--data`` kinds matching ``pattern``."""
+    return _DATA_KINDS.names(pattern)
+
+
+@register_data_kind("synth")
+def _open_synth(path: Path, split: str, *, labels: str | LabelSet,
+                transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                size: int) -> ParsingDataset:
+    if align:
+        raise InputError(f"{path}: synthetic faces are aligned already; drop --align")
+    return SynthParsing(path, labels=labels, transform=transform, skip_bad=skip_bad)
+
+
+@register_data_kind("facesynthetics")
+def _open_facesynthetics(path: Path, split: str, *, labels: str | LabelSet,
+                         transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                         size: int) -> ParsingDataset:
+    return FaceSynthetics(path, align=align, size=size, labels=labels, transform=transform,
+                          skip_bad=skip_bad)
+
+
+@register_data_kind("celebamask", has_split=lambda path: True)
+def _open_celebamask(path: Path, split: str, *, labels: str | LabelSet,
+                     transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                     size: int) -> ParsingDataset:
+    return CelebAMaskHQ(path, split=split, labels=labels, transform=transform, skip_bad=skip_bad)
+
+
+@register_data_kind("folder", has_split=lambda path: (path / "train.txt").is_file())
+def _open_folder(path: Path, split: str, *, labels: str | LabelSet,
+                 transform: Callable[..., Any] | None, skip_bad: bool, align: bool,
+                 size: int) -> ParsingDataset:
+    return FolderDataset(path, split=split, labels=labels, transform=transform, skip_bad=skip_bad)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed ``--data KIND:PATH`` argument."""
@@ -448,10 +566,10 @@ def parse_data_spec(spec: str) -> DataSpec:
     kind, sep, path = spec.partition(":")
     if not sep or not path:
         raise InputError(f"--data {spec!r}: expected KIND:PATH with KIND one of "
-                         f"{', '.join(DATA_KINDS)}")
-    if kind not in DATA_KINDS:
+                         f"{_DATA_KINDS.known()}")
+    if kind not in _DATA_KINDS:
         raise InputError(f"--data {spec!r}: unknown kind {kind!r}; use one of "
-                         f"{', '.join(DATA_KINDS)}")
+                         f"{_DATA_KINDS.known()}")
     if not Path(path).is_dir():
         raise InputError(f"--data {spec!r}: {path} is not a directory")
     return DataSpec(kind, Path(path))
@@ -459,8 +577,7 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 def has_official_split(spec: DataSpec) -> bool:
     """CelebAMask-HQ, and folders with ``train.txt``, come with their own splits."""
-    return spec.kind == "celebamask" or (
-        spec.kind == "folder" and (spec.path / "train.txt").is_file())
+    return _DATA_KINDS.get(spec.kind).has_split(spec.path)
 
 
 def build_dataset(spec: str | DataSpec, split: str = "all", labels: str | LabelSet = "fse25",
@@ -477,16 +594,9 @@ def build_dataset(spec: str | DataSpec, split: str = "all", labels: str | LabelS
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     official = has_official_split(spec)
-    read_split = split if official else "all"
-    common = {"labels": labels, "transform": transform, "skip_bad": skip_bad}
-    if spec.kind in ("synth", "facesynthetics"):
-        image_dir = spec.path / "images" if spec.kind == "synth" else None
-        ds: ParsingDataset = FaceSynthetics(spec.path, align=align, size=size,
-                                            image_dir=image_dir, **common)
-    elif spec.kind == "celebamask":
-        ds = CelebAMaskHQ(spec.path, split=read_split, **common)
-    else:
-        ds = FolderDataset(spec.path, split=read_split, **common)
+    ds = _DATA_KINDS.get(spec.kind).open(
+        spec.path, split if official else "all", labels=labels, transform=transform,
+        skip_bad=skip_bad, align=align, size=size)
     if official or split == "all":
         return ds
     if split == "test":

@@ -16,10 +16,11 @@ from torch.utils.data import Dataset
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import load_checkpoint, read_image
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.pixels import normalise
 from parsing.parser.data import BadSample
 from parsing.parser.models import create_model, fuse_batchnorm
 
-__all__ = ["ImageFiles", "Parser", "default_device", "model_from_checkpoint", "normalise_image"]
+__all__ = ["ImageFiles", "Parser", "default_device", "model_from_checkpoint"]
 
 _REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "label_set")
 
@@ -33,13 +34,29 @@ def model_from_checkpoint(checkpoint: str | os.PathLike | dict[str, Any],
                           device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a ``parsing.train`` checkpoint (eval mode) and return its dict."""
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, device)
+    where = checkpoint if not isinstance(checkpoint, dict) else "checkpoint"
+    if not isinstance(ckpt, dict):
+        raise DataError(f"{where}: not a parsing.train checkpoint (holds a "
+                        f"{type(ckpt).__name__}, not a dict)")
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise DataError(f"{checkpoint if not isinstance(checkpoint, dict) else 'checkpoint'}: "
-                        f"not a parsing.train checkpoint (missing {', '.join(missing)})")
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
-                         **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+        raise DataError(f"{where}: not a parsing.train checkpoint (missing {', '.join(missing)})")
+    name, kwargs, classes = ckpt["model_name"], ckpt["model_kwargs"], ckpt["num_classes"]
+    if not (isinstance(name, str) and isinstance(kwargs, dict) and isinstance(ckpt["model"], dict)
+            and isinstance(classes, int) and not isinstance(classes, bool) and classes > 0):
+        raise DataError(f"{where}: inconsistent metadata (model_name {name!r}, model_kwargs "
+                        f"{kwargs!r}, num_classes {classes!r})")
+    label_set = get_label_set(ckpt["label_set"])
+    if label_set.num_classes != classes:
+        raise DataError(f"{where}: num_classes {classes} but label set {label_set.key} has "
+                        f"{label_set.num_classes}")
+    try:
+        model = create_model(name, num_classes=classes, **kwargs)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise DataError(f"{where}: weights and metadata do not fit ({name} with {kwargs}, "
+                        f"{classes} classes): {first}") from None
     return model.to(device).eval(), ckpt
 
 
@@ -111,12 +128,6 @@ class Parser:
         return torch.cat(out)
 
 
-def normalise_image(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> float (3, H, W) normalised with mean = std = 0.5 (the Parser's
-    input)."""
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-
-
 class ImageFiles(Dataset):
     """Images as normalised float (3, H, W) tensors with their index; bad files as BadSample."""
 
@@ -133,4 +144,5 @@ class ImageFiles(Dataset):
             if self.skip_bad:
                 return BadSample(str(exc))
             raise
-        return normalise_image(arr), i
+        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
+        return normalise(image), i

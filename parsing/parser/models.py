@@ -28,6 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock
 
 from parsing.core.errors import InputError
+from parsing.core.registry import Registry
 
 __all__ = ["ParserOutput", "UNet", "SCANet", "create_model", "fuse_batchnorm", "list_models",
            "register_model"]
@@ -253,17 +254,12 @@ class SCANet(UNet):
         return ParserOutput(logits, self.edge_head(edge)) if self.training else logits
 
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "unet_timm:<timm name>")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a model constructor ``fn(num_classes, **kw)`` to the registry."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+    return _MODELS.register(name)
 
 
 def _default_decoder(width: int) -> tuple[int, ...]:
@@ -321,15 +317,14 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def list_models() -> list[str]:
-    """Registered names; any timm model also works as ``"unet_timm:<timm name>"``."""
-    return sorted(_MODELS) + ["unet_timm:<timm name>"]
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching ``pattern``; any timm model also works as
+    ``"unet_timm:<timm name>"``."""
+    return _MODELS.names(pattern)
 
 
 def create_model(name: str, num_classes: int = 25, **kwargs) -> nn.Module:
     """Build a parser by registry name, e.g. ``create_model("unet_r18", num_classes=25)``."""
     if name.startswith("unet_timm:"):
         return unet_timm(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
-    if name not in _MODELS:
-        raise InputError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    return _MODELS.create(name, num_classes=num_classes, **kwargs)

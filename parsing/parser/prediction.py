@@ -35,10 +35,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import decode_image, list_images
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, merge_stores, store_paths
+from parsing.core.paths import output_file
+from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.parser.data import BadSample
-from parsing.parser.inference import ImageFiles, Parser, normalise_image
+from parsing.parser.inference import ImageFiles, Parser
 
 __all__ = ["PredictionInputs", "RecordImages", "open_inputs", "predict_store"]
 
@@ -64,7 +66,7 @@ class RecordImages(Dataset):
             if self.skip_bad:
                 return BadSample(str(exc))
             raise
-        return normalise_image(image), i
+        return normalise(torch.from_numpy(image).permute(2, 0, 1)), i
 
 
 @dataclass
@@ -171,20 +173,26 @@ def predict_store(
     device: str = "cpu",
     shard_size: int = 10_000,
     skip_bad: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Predict the mask of every image into ``store``; rank 0 returns the summary.
 
     The summary has the store, its mask count, the shards (and how many were already done),
     the faces predicted by this run, its seconds and faces/s over all processes, and the
     skipped images (``skip_bad``; they have no mask, so training on them needs them removed).
+    The store must not exist (unless ``overwrite``; an interrupted merge of this prediction
+    is redone) nor lie on or inside the inputs.
     """
     rec, idx = store_paths(store)
     parts = rec.with_name(rec.name + ".parts")
-    if rec.exists() and (idx.exists() or not parts.is_dir()):
-        raise InputError(f"--store {rec}: already exists; remove it or choose another path")
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: must be at least 1")
     inputs = open_inputs(images, skip_bad)
+    sources = ([inputs.dataset.reader.rec_path, inputs.dataset.reader.idx_path]
+               if isinstance(inputs.dataset, RecordImages) else [inputs.source])
+    for path in (rec, idx):  # files of an interrupted run of this prediction are its own
+        output_file(path, {"--images": sources, "--checkpoint": checkpoint}, flag="--store",
+                    overwrite=overwrite or parts.is_dir())
     rank, world, local_rank, started = _distributed()
     try:
         if device.startswith("cuda") and ":" not in device:

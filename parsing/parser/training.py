@@ -7,9 +7,10 @@ Writes ``RUN_DIR/last.pt`` every epoch and ``RUN_DIR/best.pt`` whenever the vali
 improves (the last epoch when there is no validation set), both atomically and loadable with
 ``torch.load(..., weights_only=True)``; ``RUN_DIR/history.json`` (one row per epoch) and
 TensorBoard scalars in ``RUN_DIR/tb``. ``--resume`` continues ``RUN_DIR/last.pt`` with the
-run's saved settings; every epoch's shuffle and augmentation are seeded from (seed, epoch), so
-an interrupted run resumed from its last checkpoint gives the same weights as an
-uninterrupted one. AdamW with a one-cycle schedule stepped per batch; mixed precision on CUDA.
+run's saved settings; every epoch's shuffle is seeded from (seed, epoch) and every sample's
+augmentation from (seed, epoch, index), so an interrupted run resumed from its last checkpoint
+gives the same weights as an uninterrupted one, with any ``--workers``. AdamW with a one-cycle
+schedule stepped per batch; mixed precision on CUDA.
 
 CPU note: glibc's allocator is slow with large tensors; export ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824`` (reference §8).
@@ -30,12 +31,13 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import atomic_save
+from parsing.core.io import atomic_save, remove_stale_temporaries
 from parsing.core.labels import LabelSet, get_label_set
 from parsing.core.progress import progress_bar
 from parsing.evaluate import confusion_over
 from parsing.parser.data import (
     DataSpec,
+    SeededSamples,
     build_dataset,
     collate,
     count_labels,
@@ -158,6 +160,8 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
     spec = parse_data_spec(args.data)
     label_set = get_label_set(args.labels)
     args.out.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(args.out, ("last.pt", "best.pt")):
+        log.info("removed %s, left by an interrupted save", tmp)
     torch.manual_seed(args.seed)
     train_ds, val_ds, image_size = _datasets(args, spec, label_set)
     model, model_name, model_kwargs, teacher = _models(args, label_set, device)
@@ -166,7 +170,8 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
     loss_fn = ParsingLoss(weights, args.edge_loss).to(device)
 
     gen = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+    seeded = SeededSamples(train_ds, args.seed)
+    loader = DataLoader(seeded, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                         num_workers=args.workers, generator=gen, pin_memory=amp)
     val_loader = DataLoader(val_ds, batch_size=args.batch_size, collate_fn=collate,
                             num_workers=args.workers, pin_memory=amp) if val_ds else None
@@ -191,8 +196,9 @@ def train(args: argparse.Namespace, resume_ckpt: dict | None = None) -> dict[str
     step = start_epoch * len(loader)
     for epoch in range(start_epoch, args.epochs):
         epoch_seed = args.seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)  # augmentation in the main process (workers=0)
-        gen.manual_seed(epoch_seed)  # shuffle order and worker seeds
+        torch.manual_seed(epoch_seed)  # the model's own randomness (dropout)
+        gen.manual_seed(epoch_seed)  # shuffle order
+        seeded.set_epoch(epoch)  # augmentation: per sample, from (seed, epoch, index)
         model.train()
         t0, loss_sum, n_batches = time.perf_counter(), torch.zeros((), device=device), 0
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)

@@ -41,7 +41,7 @@ loop under the tip (64-98-97-2-326-327-294) closed over the nose wings and up th
 the bridge along 129-209-198-174-196-122-193 to the nasion 168 (FACEMESH_NOSE's own loop
 stops at the tip and has only a midline on the bridge).
 
-Base classes (``base_labels``): FaceSynthetics via :func:`parsing.labels.convert` (skin,
+Base classes (``base_labels``): FaceSynthetics via :func:`parsing.core.labels.convert` (skin,
 beard and facewear are skin, as the labels module documents); FSE-25 ids 1-9 are skin and
 10-24 kept; CelebAMask-HQ maps by name, with eye, brow, ear and earring sides taken from
 the landmarks (the l_/r_ convention of the published masks is not documented) and the
@@ -240,10 +240,10 @@ def annotate(
 ) -> np.ndarray | torch.Tensor | None | list[np.ndarray | torch.Tensor | None]:
     """FSE-25 label map of a face photo from its Face Mesh landmarks (and a base segmentation).
 
-    ``image`` as in :mod:`parsing.landmarks` (one image or a batch). ``base``: a label map
+    ``image`` as in :mod:`parsing.photos.landmarks` (one image or a batch). ``base``: a label map
     (H, W) in ``base_labels`` ids per image (resized with nearest neighbour if its size
     differs); ``landmarks``: (468+, 2) Face Mesh points per image, found with
-    :func:`parsing.landmarks.face_mesh` when not given. Returns an (H, W) uint8 array (a
+    :func:`parsing.photos.landmarks.face_mesh` when not given. Returns an (H, W) uint8 array (a
     tensor on the input's device for tensor input), None where no face is found, or a list
     for a batch.
     """

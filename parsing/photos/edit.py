@@ -6,7 +6,7 @@ a Gaussian-blurred mask gives soft edges. This is the recolouring application of
 U-Net face segmenter (reference §6).
 
 ``python -m parsing.edit --image photo.jpg --annotate --regions lips --color "#a03020"
---out out.png`` labels the photo with Face Mesh (:mod:`parsing.annotate`: face interior
+--out out.png`` labels the photo with Face Mesh (:mod:`parsing.photos.annotate`: face interior
 only), ``--parser CKPT`` with a trained parser on the aligned face (:func:`parse_photo`),
 ``--labels PNG`` with a given FSE-25 map.
 """
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
 from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import invert_affine_transform, warp_affine
 from PIL import Image, ImageColor
 
-from parsing.core.align import ARCFACE_TEMPLATE, estimate_similarity
+from parsing.core.align import align_face, unalign_label_map
 from parsing.core.errors import InputError
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.pixels import normalise
 
 __all__ = ["parse_photo", "recolor", "region_mask"]
 
@@ -132,14 +132,8 @@ def parse_photo(
     size) label maps (``parsing.Parser``); ``landmarks5`` are the face's five points in the
     photo. Returns an (H, W) uint8 map, background outside the aligned crop.
     """
-    h, w = image.shape[:2]
     pts = torch.as_tensor(landmarks5, dtype=torch.float64).reshape(1, 5, 2)
-    matrix = estimate_similarity(pts, ARCFACE_TEMPLATE * (size / 112.0)).float()
     photo = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)[None].float()
-    crop = warp_affine(photo, matrix, dsize=(size, size), mode="bilinear", padding_mode="zeros",
-                       align_corners=True)
-    labels = parser((crop / 255.0 - 0.5) / 0.5)
-    back = warp_affine(labels.float().reshape(1, 1, size, size).cpu(),
-                       invert_affine_transform(matrix), dsize=(h, w), mode="nearest",
-                       padding_mode="zeros", align_corners=True)
-    return back[0, 0].round().to(torch.uint8).numpy()
+    labels = parser(normalise(align_face(photo, pts, size)))
+    return unalign_label_map(labels.to(torch.uint8).reshape(size, size), pts,
+                             image.shape[:2]).numpy()

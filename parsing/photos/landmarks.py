@@ -1,11 +1,11 @@
 """Face detection (MTCNN, five points) and dense landmarks (MediaPipe Face Mesh) on real photos.
 
 Both models ship inside their wheels, so they run offline; both packages are optional
-(``make landmarks`` installs them, reference §7). Without them the functions here raise
-:class:`~parsing.errors.MissingDependencyError` (an ``ImportError`` and an ``InputError``).
+(the Makefile's ``.venv`` set-up installs them, reference §7). Without them the functions here raise
+:class:`~parsing.core.errors.MissingDependencyError` (an ``ImportError`` and an ``InputError``).
 
 Coordinates are pixels with the centre of pixel (row i, column j) at (x, y) = (j, i), the
-convention of :func:`parsing.align.align_face` and ``skimage.draw``. Images are (H, W, 3)
+convention of :func:`parsing.core.align.align_face` and ``skimage.draw``. Images are (H, W, 3)
 uint8 arrays, PIL images or (3, H, W) uint8 tensors; a (B, H, W, 3) array, a (B, 3, H, W)
 tensor or a list gives one result per image. Results are float32 tensors on the input
 tensor's device (CPU otherwise).
@@ -51,8 +51,8 @@ __all__ = [
 ]
 
 _INSTALL_HINT = (
-    "run `make landmarks` (pip install --no-deps -c constraints.txt mediapipe facenet-pytorch "
-    "absl-py attrs flatbuffers protobuf)"
+    "install them as `make test` does: pip install --no-deps -c constraints.txt mediapipe "
+    "facenet-pytorch absl-py attrs flatbuffers protobuf"
 )
 
 # Face Mesh indices of the five ArcFace points (subject's right = image-left first, reference §5.1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -11,13 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parsing.core.cli import cli_main
+from parsing.core.cli import ArgumentParser, cli_main, probability
+from parsing.core.paths import output_dir, output_file
 from parsing.core.viz import contact_sheet
 from parsing.synth.dataset import SynthFaces, write_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m parsing.synth",
         description="Render procedural faces with exact FSE-25 label maps, five ArcFace "
         "landmarks and identities, in the FaceSynthetics layout (images/, labels_25/, "
@@ -34,10 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-regions", default=None, metavar="REGIONS",
                    help="comma-separated FSE-25 classes or groups (e.g. eyes,nose) that alone "
                    "carry identity; everything else varies per image")
+    p.add_argument("--no-identity-marks", dest="identity_marks", action="store_false",
+                   default=None, help="with --identity-regions: keep those regions' natural "
+                   "look instead of adding distinctive per-identity colours, patterns and marks")
+    p.add_argument("--occluders", default=None, metavar="KINDS",
+                   help="comma-separated occluders drawn over faces: sunglasses, mask, hand, "
+                   "scarf; writes occluders/{id}.png (0 none, 1 sunglasses, 2 mask, 3 hand, "
+                   "4 scarf)")
+    p.add_argument("--occluder-p", type=probability, default=0.5,
+                   help="probability that a face gets one occluder (default 0.5)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: all usable cores); output does not depend on it")
     p.add_argument("--sheet", default=None, metavar="PNG",
                    help="also write a contact sheet of faces beside their colour-coded masks")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that already holds files (and over --sheet)")
     return p
 
 
@@ -47,10 +58,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     regions = None
     if args.identity_regions is not None:
         regions = [r.strip() for r in args.identity_regions.split(",") if r.strip()]
+    output_dir(args.out, {}, overwrite=args.overwrite)
+    if args.sheet:
+        output_file(args.sheet, {"--out": args.out}, overwrite=args.overwrite, flag="--sheet")
+    occluders = None
+    if args.occluders is not None:
+        occluders = [k.strip() for k in args.occluders.split(",") if k.strip()]
     start = time.perf_counter()
     out = write_dataset(args.out, args.identities, args.images_per_identity, args.seed,
                         size=args.size, identity_regions=regions, loose=args.loose,
-                        workers=args.workers)
+                        workers=args.workers, identity_marks=args.identity_marks,
+                        occluders=occluders, occluder_p=args.occluder_p)
     seconds = time.perf_counter() - start
     count = args.identities * args.images_per_identity
     summary = {"out": str(out), "images": count, "identities": args.identities,

@@ -1,12 +1,21 @@
 """Synthetic face data sets: in memory, written to disk in parallel, and read back.
 
-On disk the layout is FaceSynthetics' (SPEC §2.3) with FSE-25 labels::
+On disk the layout is FaceSynthetics' (reference §2.3) with FSE-25 labels::
 
     DIR/images/{frame_id:06d}.png           RGB face
     DIR/labels_25/{frame_id:06d}_seg.png    FSE-25 ids, one channel
     DIR/anno_list.csv                        frame_id,with_25
-    DIR/landmarks.csv                        frame_id,x1,y1,...,x5,y5 (ArcFace order, SPEC §5.1)
+    DIR/landmarks.csv                        frame_id,x1,y1,...,x5,y5 (ArcFace order, ref. §5.1)
     DIR/identities.csv                       frame_id,identity
+    DIR/occluders/{frame_id:06d}.png         with --occluders: 0 none, 1 sunglasses, 2 mask,
+                                             3 hand, 4 scarf (one channel)
+
+Occluders are drawn over the face that would be rendered without them. In ``labels_25``
+sunglasses are glasses (23) and a scarf is clothing (22), what a parser should see there;
+FSE-25 has no class for a surgical mask or a hand, so their pixels keep the class of the face
+part they cover (the occluder mask tells they are covered). With ``identity_regions`` the
+bound groups also get distinctive per-identity marks (``identity_marks``, see
+:data:`parsing.synth.genes.MARK_GENES`) so a recognizer can tell people from those regions.
 
 Image ``i`` shows identity ``i // images_per_identity`` and depends only on (seed, i), so
 files are byte-identical for any number of worker processes.
@@ -27,11 +36,12 @@ import cv2
 import numpy as np
 import torch
 from torchvision import tv_tensors
-from tqdm import tqdm
 
-from parsing.core.errors import DataError, InputError
+from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import read_image, read_label_map
-from parsing.synth.genes import bound_groups, face_genes
+from parsing.core.labels import FSE25
+from parsing.core.progress import progress_bar
+from parsing.synth.genes import bound_groups, face_genes, occluder_genes, parse_occluders
 from parsing.synth.render import Face, render_face
 from parsing.synth.textures import texture_bank
 
@@ -49,11 +59,28 @@ def _check(n_identities: int, images_per_identity: int, size: int) -> None:
 
 
 def render_index(seed: int, index: int, images_per_identity: int, size: int = 112,
-                 loose: bool = False, bound: frozenset[str] | None = None) -> Face:
-    """Render image ``index`` of the data set with this seed (identity ``index // m``)."""
+                 loose: bool = False, bound: frozenset[str] | None = None, marks: bool = False,
+                 occluders: Sequence[str] = (), occluder_p: float = 0.5) -> Face:
+    """Render image ``index`` of the data set with this seed (identity ``index // m``).
+
+    ``marks``: distinctive marks in the bound groups; ``occluders``: kinds drawn over the face
+    with probability ``occluder_p`` (then ``Face.occluders`` is the occluder mask).
+    """
     genes, nuisance = face_genes(seed, index // images_per_identity, index,
-                                 bound_groups(None) if bound is None else bound)
-    return render_face(genes, nuisance, size, loose)
+                                 bound_groups(None) if bound is None else bound, marks)
+    occluder = occluder_genes(seed, index, occluders, occluder_p)
+    face = render_face(genes, nuisance, size, loose, occluder)
+    if occluders and face.occluders is None:
+        face = face._replace(occluders=np.zeros_like(face.label_map))
+    return face
+
+
+def _options(identity_regions: Iterable[int | str] | None, identity_marks: bool | None,
+             occluders: Iterable[str] | None, occluder_p: float) -> tuple:
+    if not 0.0 <= occluder_p <= 1.0:
+        raise InputError(f"--occluder-p must be in [0, 1], got {occluder_p}")
+    marks = identity_regions is not None if identity_marks is None else identity_marks
+    return bound_groups(identity_regions), marks, parse_occluders(occluders or ())
 
 
 def generate(
@@ -63,27 +90,36 @@ def generate(
     size: int = 112,
     identity_regions: Iterable[int | str] | None = None,
     loose: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    identity_marks: bool | None = None,
+    occluders: Iterable[str] | None = None,
+    occluder_p: float = 0.5,
+) -> tuple[torch.Tensor, ...]:
     """Render a data set in memory.
 
     Returns images (N, 3, S, S) uint8, label maps (N, S, S) uint8 (FSE-25), landmarks
     (N, 5, 2) float32 in pixel coordinates, identities (N,) int64, N = n_identities *
     images_per_identity. ``identity_regions`` (FSE-25 classes or groups, e.g. ``["eyes",
-    "nose"]``) keeps identity only in those regions; everything else varies per image.
+    "nose"]``) keeps identity only in those regions; everything else varies per image; those
+    regions get distinctive marks unless ``identity_marks`` is False. With ``occluders``
+    (kinds, e.g. ``["sunglasses", "mask"]``) a fifth tensor (N, S, S) uint8 holds the
+    occluder masks (module docstring).
     """
     _check(n_identities, images_per_identity, size)
-    bound = bound_groups(identity_regions)
+    bound, marks, kinds = _options(identity_regions, identity_marks, occluders, occluder_p)
     count = n_identities * images_per_identity
     with _serial_opencv():
-        faces = [render_index(seed, i, images_per_identity, size, loose, bound)
-                 for i in range(count)]
+        faces = [render_index(seed, i, images_per_identity, size, loose, bound, marks, kinds,
+                              occluder_p) for i in range(count)]
     images = torch.from_numpy(np.stack([f.image for f in faces])).permute(0, 3, 1, 2)
-    return (
+    out = (
         images.contiguous(),
         torch.from_numpy(np.stack([f.label_map for f in faces])),
         torch.from_numpy(np.stack([f.landmarks for f in faces])),
         torch.arange(count, dtype=torch.int64) // images_per_identity,
     )
+    if kinds:
+        out += (torch.from_numpy(np.stack([f.occluders for f in faces])),)
+    return out
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -94,12 +130,14 @@ def _png(path: Path, array: np.ndarray) -> None:
 
 
 def _write_chunk(job: tuple) -> np.ndarray:
-    out, seed, start, stop, images_per_identity, size, loose, bound = job
+    out, seed, start, stop, images_per_identity, size, loose, bound, marks, kinds, p = job
     landmarks = np.empty((stop - start, 5, 2), np.float32)
     for k, index in enumerate(range(start, stop)):
-        face = render_index(seed, index, images_per_identity, size, loose, bound)
+        face = render_index(seed, index, images_per_identity, size, loose, bound, marks, kinds, p)
         _png(out / "images" / f"{index:06d}.png", face.image[..., ::-1])  # OpenCV writes BGR
         _png(out / "labels_25" / f"{index:06d}_seg.png", face.label_map)
+        if kinds:
+            _png(out / "occluders" / f"{index:06d}.png", face.occluders)
         landmarks[k] = face.landmarks
     return landmarks
 
@@ -119,9 +157,9 @@ def _serial_opencv() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _prepare(out: Path) -> None:
+def _prepare(out: Path, occluders: bool = False) -> None:
     try:
-        for sub in ("images", "labels_25"):
+        for sub in ("images", "labels_25", *(["occluders"] if occluders else [])):
             (out / sub).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
@@ -139,25 +177,29 @@ def write_dataset(
     loose: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    identity_marks: bool | None = None,
+    occluders: Iterable[str] | None = None,
+    occluder_p: float = 0.5,
 ) -> Path:
     """Render a data set into ``out`` (layout in the module docstring) with ``workers`` processes.
 
-    ``workers`` defaults to the number of usable cores. Returns ``out`` as a ``Path``.
+    ``workers`` defaults to the number of usable cores. Returns ``out`` as a ``Path``. The
+    other arguments are those of :func:`generate`.
     """
     _check(n_identities, images_per_identity, size)
-    bound = bound_groups(identity_regions)
+    bound, marks, kinds = _options(identity_regions, identity_marks, occluders, occluder_p)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     out = Path(out)
-    _prepare(out)
+    _prepare(out, bool(kinds))
     count = n_identities * images_per_identity
     workers = workers or len(os.sched_getaffinity(0))
     chunk = max(1, min(_CHUNK, count // (4 * workers)))  # chunking never changes the files
-    jobs = [(out, seed, start, min(start + chunk, count), images_per_identity, size, loose, bound)
-            for start in range(0, count, chunk)]
+    jobs = [(out, seed, start, min(start + chunk, count), images_per_identity, size, loose, bound,
+             marks, kinds, occluder_p) for start in range(0, count, chunk)]
     workers = min(workers, len(jobs))
     texture_bank(size)  # built once here, shared by forked workers
-    bar = tqdm(total=count, unit="img", desc="synth faces", disable=not progress)
+    bar = progress_bar(total=count, unit="img", desc="synth faces", disable=not progress)
     with _serial_opencv():
         if workers == 1:
             results = _run(map(_write_chunk, jobs), bar)
@@ -176,7 +218,7 @@ def write_dataset(
     return out
 
 
-def _run(chunks: Iterable[np.ndarray], bar: tqdm) -> list[np.ndarray]:
+def _run(chunks: Iterable[np.ndarray], bar: Any) -> list[np.ndarray]:
     results = []
     for landmarks in chunks:
         results.append(landmarks)
@@ -250,15 +292,17 @@ class SynthFaces(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frame_ids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def occluder_mask(self, index: int) -> torch.Tensor:
+        """(H, W) uint8 occluder kinds of sample ``index`` (0 everywhere without occluders/)."""
         fid = self.frame_ids[index]
-        image_path = self.root / "images" / f"{fid:06d}.png"
-        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
-        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
-        label_map = torch.from_numpy(read_label_map(label_path))
-        if label_map.shape != image.shape[1:]:
-            raise DataError(f"{label_path}: size {tuple(label_map.shape)} does not match "
-                            f"{image_path} ({tuple(image.shape[1:])})")
+        path = self.root / "occluders" / f"{fid:06d}.png"
+        if not (self.root / "occluders").is_dir():
+            image = read_image(self.root / "images" / f"{fid:06d}.png")
+            return torch.zeros(image.shape[:2], dtype=torch.uint8)
+        return torch.from_numpy(read_label_map(path))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        image, label_map = self.load(index)
         landmarks = self._landmarks[index]
         if self.transform is not None:
             image, label_map, landmarks = self.transform(
@@ -267,3 +311,20 @@ class SynthFaces(torch.utils.data.Dataset):
             image, label_map, landmarks = (t.as_subclass(torch.Tensor)
                                            for t in (image, label_map, landmarks))
         return image, label_map, landmarks, self.identities[index]
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` as stored, without ``transform``: image uint8 (3, H, W) and
+        FSE-25 label map uint8 (H, W); DataError names an unreadable or mismatched file."""
+        fid = self.frame_ids[index]
+        image_path = self.root / "images" / f"{fid:06d}.png"
+        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
+        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
+        label_map = torch.from_numpy(read_label_map(label_path))
+        try:
+            FSE25.check(label_map, str(label_path))
+        except LabelError as exc:  # a corrupt data file: skippable like any other
+            raise DataError(str(exc)) from None
+        if label_map.shape != image.shape[1:]:
+            raise DataError(f"{label_path}: size {tuple(label_map.shape)} does not match "
+                            f"{image_path} ({tuple(image.shape[1:])})")
+        return image, label_map

@@ -45,6 +45,21 @@ DEFAULT_BOUND = frozenset(GENE_GROUPS) - {"clothing", "glasses", "headwear"}
 
 _GENE_TYPES = {name: namedtuple(f"{name.title()}Genes", fields)
                for name, (_, fields) in GENE_GROUPS.items()}
+
+# Distinctive marks of a bound group when identity is confined to regions (``marks``): vivid
+# colours, patterns and wider shape ranges a small recognizer can learn from the region alone.
+# They come from their own per-identity stream, so faces without marks keep their bytes.
+MARK_GENES: dict[str, str] = {
+    "eyes": "iris_hue iris_sat iris_val ring ring_hue ring_width sclera_hue sclera_tint "
+            "liner_hue liner_width size shape",
+    "brows": "hue sat val tip tip_hue thickness arch",
+    "nose": "hue tint mark spots spot_seed stud stud_hue width length",
+    "mouth": "hue sat val lower_hue two_tone upper lower width mark mark_x",
+    "hair": "hue sat val streak streak_hue streak_width streak_angle",
+}
+_MARK_TYPES = {name: namedtuple(f"{name.title()}Marks", fields)
+               for name, fields in MARK_GENES.items()}
+MARKS = "marks"  # key of the {group: marks} dict in the genes of a face with marks
 _NUISANCE_FIELDS = (
     "rotation scale shift_x shift_y yaw_a yaw_b loose_x loose_y "
     "expression smile open squint gaze_x gaze_y brow_raise "
@@ -86,12 +101,57 @@ def _split(values: np.ndarray) -> dict[str, Any]:
 
 
 def face_genes(
-    seed: int, identity: int, index: int, bound: frozenset[str] = DEFAULT_BOUND
-) -> tuple[dict[str, NamedTuple], NamedTuple]:
-    """Genes of image ``index`` (of ``identity``) and its nuisance parameters, all in [0, 1)."""
+    seed: int, identity: int, index: int, bound: frozenset[str] = DEFAULT_BOUND,
+    marks: bool = False,
+) -> tuple[dict[str, Any], NamedTuple]:
+    """Genes of image ``index`` (of ``identity``) and its nuisance parameters, all in [0, 1).
+
+    With ``marks``, ``genes[MARKS]`` maps each bound group of :data:`MARK_GENES` to the
+    identity's distinctive marks (the renderer then widens that group's ranges too).
+    """
     own = _stream(seed, 1, index).random(_N_ALL + len(Nuisance._fields))
-    genes = _split(own[:_N_ALL])
+    genes: dict[str, Any] = _split(own[:_N_ALL])
     if bound:
         person = _split(_stream(seed, 0, identity).random(_N_ALL))
         genes |= {name: person[name] for name in bound}
+    if marks:
+        names = [name for name in MARK_GENES if name in bound]
+        values = _stream(seed, 2, identity).random(sum(len(f.split()) for f in MARK_GENES.values()))
+        out, start = {}, 0
+        for name, fields in MARK_GENES.items():
+            n = len(fields.split())
+            if name in names:
+                out[name] = _MARK_TYPES[name]._make(values[start : start + n].tolist())
+            start += n
+        genes[MARKS] = out
     return genes, Nuisance._make(own[_N_ALL:].tolist())
+
+
+OCCLUDER_KINDS = ("sunglasses", "mask", "hand", "scarf")  # occluder mask value = index + 1
+Occluder = namedtuple("Occluder", "kind hue sat val x y angle size shade pattern")
+
+
+def occluder_genes(seed: int, index: int, kinds: Iterable[str], p: float) -> Occluder | None:
+    """The occluder of image ``index`` (one of ``kinds`` with probability ``p``) or None.
+
+    Drawn from its own stream, so the face under it is the one rendered without occluders.
+    """
+    kinds = list(kinds)
+    if not kinds:
+        return None
+    draw = _stream(seed, 3, index).random(2 + len(Occluder._fields) - 1)
+    if draw[0] >= p:
+        return None
+    kind = kinds[min(int(draw[1] * len(kinds)), len(kinds) - 1)]
+    return Occluder(OCCLUDER_KINDS.index(kind) + 1, *draw[2:].tolist())
+
+
+def parse_occluders(names: Iterable[str]) -> tuple[str, ...]:
+    """Check occluder kind names (``sunglasses``, ``mask``, ``hand``, ``scarf``)."""
+    out = []
+    for name in names:
+        if name not in OCCLUDER_KINDS:
+            raise InputError(f"unknown occluder {name!r}; choose from {', '.join(OCCLUDER_KINDS)}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)

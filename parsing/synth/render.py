@@ -1,6 +1,6 @@
 """Rasterise one synthetic face: geometry -> sub-label map -> label map, image, landmarks.
 
-All shapes are polygons in the *canonical frame*: the 112 x 112 ArcFace crop of SPEC §5.1 in
+All shapes are polygons in the *canonical frame*: the 112 x 112 ArcFace crop of reference §5.1 in
 pixel coordinates (pixel centres on integers). Facial features sit on a vertical cylinder and
 turn with a per-image yaw angle; one similarity then maps everything into the output. Shapes
 are filled with OpenCV (sub-pixel vertices) into a 2x supersampled map of sub-labels
@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 from parsing.core.align import ARCFACE_TEMPLATE
+from parsing.synth.genes import MARKS
 from parsing.synth.shading import FaceFrame, shade_face
-from parsing.synth.sublabels import MOLE, SUB, SUB_TO_CLASS
+from parsing.synth.sublabels import KEEP_UNDERNEATH, MOLE, OCCLUDER_KIND, SUB, SUB_TO_CLASS
 
 TEMPLATE = ARCFACE_TEMPLATE.numpy()
 FAR = 400.0  # "beyond any canvas" in canonical pixels
@@ -36,11 +37,13 @@ _KEY_DEPTH = np.array([2.0] * 22 + [0.0, 1.0, 1.0, 4.0, 4.0, 2.0, 2.0])
 
 
 class Face(NamedTuple):
-    """One rendered face: (S, S, 3) uint8 RGB, (S, S) uint8 FSE-25 ids, (5, 2) float32 points."""
+    """One rendered face: (S, S, 3) uint8 RGB, (S, S) uint8 FSE-25 ids, (5, 2) float32 points,
+    and (S, S) uint8 occluder kinds (0: none; see ``parsing.synth.genes.OCCLUDER_KINDS``)."""
 
     image: np.ndarray
     label_map: np.ndarray
     landmarks: np.ndarray
+    occluders: np.ndarray | None = None
 
 
 def _lerp(lo: float, hi: float, t: float) -> float:
@@ -215,16 +218,20 @@ def _eye(centre: np.ndarray, width: float, height: float, tilt: float, side: int
     return np.concatenate([upper, lower]), upper
 
 
-def _brow(eye: np.ndarray, eye_width: float, genes: Any, lift: float, side: int):
+def _brow(eye: np.ndarray, eye_width: float, genes: Any, lift: float, side: int,
+          marks: Any = None):
     """Brow polygon and its centre line (inner end first) above ``eye``."""
     t = _T01
     inner_x = eye[0] - side * (eye_width * 0.5 - _lerp(0.5, 2.5, genes.length))
     outer_x = eye[0] + side * (eye_width * 0.5 + _lerp(2.5, 6.0, genes.length))
-    arch = _lerp(0.5, 4.0, genes.arch) * np.sin(np.pi * t**0.8)
+    arch = (_lerp(0.5, 4.0, genes.arch) if marks is None else _lerp(0.0, 6.5, marks.arch)
+            ) * np.sin(np.pi * t**0.8)
     y = eye[1] - _lerp(8.5, 12.0, genes.gap) - lift - arch + _lerp(-2.0, 2.5, genes.tilt) * t
     centre = np.stack([inner_x + (outer_x - inner_x) * t, y], axis=1)
     half = np.zeros_like(centre)
-    half[:, 1] = _lerp(0.9, 2.2, genes.thickness) * (1.0 - 0.55 * t)
+    thick = (_lerp(0.9, 2.2, genes.thickness) if marks is None
+             else _lerp(0.8, 3.4, marks.thickness))
+    half[:, 1] = thick * (1.0 - 0.55 * t)
     return np.concatenate([centre - half, (centre + half)[::-1]]), centre
 
 
@@ -299,13 +306,17 @@ class _Geometry(NamedTuple):
     hair: _Hair
 
 
-def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bool = False) -> Face:
+def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bool = False,
+                occluder: Any = None) -> Face:
     """Render one face from its genes and nuisance (:func:`parsing.synth.genes.face_genes`).
 
     The face fills the ArcFace crop (landmarks near the template, scaled by ``size / 112``);
-    ``loose`` puts it smaller, turned and off-centre in the canvas instead.
+    ``loose`` puts it smaller, turned and off-centre in the canvas instead. An ``occluder``
+    (:func:`parsing.synth.genes.occluder_genes`) is drawn over the finished face; the face
+    under it is the same as without it, and ``Face.occluders`` says where it is.
     """
     n = nuisance
+    marks = genes.get(MARKS, {})
     cheek, chin, eye, nose, mouth = (genes[k] for k in ("cheeks", "chin", "eyes", "nose", "mouth"))
     yaw = 0.25 * (n.yaw_a + n.yaw_b - 1.0)
     smile = open_ = lift = narrow = 0.0
@@ -322,17 +333,22 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     fy, chin_y = 54.0, _lerp(103.0, 112.0, chin.length)
     top = -2.0 + (43.0 - a) * 0.6
     spread, level = _lerp(-2.5, 2.5, eye.spacing), _lerp(-2.0, 2.0, eye.level)
-    widen = _lerp(-3.0, 3.0, mouth.width) + 2.0 * smile - narrow
+    widen = (_lerp(-3.0, 3.0, mouth.width) if "mouth" not in marks
+             else _lerp(-4.5, 4.5, marks["mouth"].width)) + 2.0 * smile - narrow
+    nose_drop = (_lerp(-2.5, 2.5, nose.length) if "nose" not in marks
+                 else _lerp(-4.0, 4.0, marks["nose"].length))
+    eye_w, eye_h = _lerp(11.5, 15.5, eye.width), _lerp(4.2, 6.8, eye.height)
+    if "eyes" in marks:
+        eye_w, eye_h = _lerp(11.0, 18.0, marks["eyes"].size), _lerp(4.0, 8.5, marks["eyes"].shape)
     anchors = np.stack([TEMPLATE[0] + (-spread, level), TEMPLATE[1] + (spread, level),
-                        TEMPLATE[2] + (0.0, _lerp(-2.5, 2.5, nose.length)),
+                        TEMPLATE[2] + (0.0, nose_drop),
                         TEMPLATE[3] + (-widen, -2.5 * smile), TEMPLATE[4] + (widen, -2.5 * smile)])
     geo = _Geometry(
         half_width=a, fy=fy, top=top, chin_y=chin_y,
         outline=_face_outline(a, top, fy, chin_y, _lerp(2.0, 3.3, chin.jaw),
                               _lerp(0.0, 0.3, chin.taper)),
         anchors=anchors,
-        eye_size=(_lerp(11.5, 15.5, eye.width), _lerp(4.2, 6.8, eye.height) * squint,
-                  _lerp(-0.1, 0.16, eye.tilt)),
+        eye_size=(eye_w, eye_h * squint, _lerp(-0.1, 0.16, eye.tilt)),
         expression=(open_, smile, lift),
         hair=_hair_style(genes["hair"], n),
     )
@@ -359,15 +375,29 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     _draw_body(canvas, genes, geo)
     _draw_ears(canvas, genes["ears"], geo)
     _draw_face(canvas, genes, n, geo)
-    _draw_hair(canvas, geo)
+    _draw_hair(canvas, geo, marks.get("hair"))
     _draw_glasses(canvas, genes["glasses"], geo)
     _draw_headwear(canvas, genes["headwear"], geo)
     canvas.flush()
+    under = None
+    if occluder is not None:
+        under = SUB_TO_CLASS[canvas.sub[::2, ::2]]
+        _draw_occluder(canvas, occluder, geo)
+        canvas.flush()
     frame = FaceFrame(a, fy, chin_y, (_MID + geo.hair.part * 0.5, top + 6.0), geo.hair.curly,
                       landmarks)
-    image = shade_face(canvas.sub, genes, n, matrix, frame)
-    label_map = SUB_TO_CLASS[canvas.sub[::2, ::2]]
-    return Face(image, label_map, (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32))
+    image = shade_face(canvas.sub, genes, n, matrix, frame, occluder)
+    sub1 = canvas.sub[::2, ::2]
+    label_map = SUB_TO_CLASS[sub1]
+    occluders = None
+    if under is not None:
+        # a pixel is occluded where an occluder was drawn within the support of its colour
+        # (3x3 supersampled pixels around its centre), so thin straps and frames count too
+        occluders = cv2.dilate(OCCLUDER_KIND[canvas.sub], np.ones((3, 3), np.uint8))[::2, ::2]
+        keep = np.isin(OCCLUDER_KIND[sub1], KEEP_UNDERNEATH)
+        label_map[keep] = under[keep]
+    return Face(image, label_map, (landmarks @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32),
+                occluders)
 
 
 def _neckline(kind: float, depth: float, half: float, y: float) -> np.ndarray:
@@ -428,10 +458,13 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     ew, eh, tilt = geo.eye_size
     open_, smile, lift = geo.expression
     nose, mouth, eye = genes["nose"], genes["mouth"], genes["eyes"]
+    marks = genes.get(MARKS, {})
     eye_y = (e_r[1] + e_l[1]) / 2
-    brow_r, line_r = _brow(e_r, ew, genes["brows"], lift, -1)
-    brow_l, line_l = _brow(e_l, ew, genes["brows"], lift, 1)
-    nw = _lerp(7.0, 10.5, nose.width)
+    brow_r, line_r = _brow(e_r, ew, genes["brows"], lift, -1, marks.get("brows"))
+    brow_l, line_l = _brow(e_l, ew, genes["brows"], lift, 1, marks.get("brows"))
+    brow_lines = line_r, line_l
+    nw = _lerp(7.0, 10.5, nose.width) if "nose" not in marks else _lerp(5.5, 13.0,
+                                                                          marks["nose"].width)
 
     # the skin regions follow the turned features: turn the points they are built from at once
     alae = [[tip[0] - nw, tip[1] + 1.5], [tip[0] + nw, tip[1] + 1.5]]
@@ -487,9 +520,9 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
                      [nw, tip[1] + 1.5, 4.0], [nw * 0.82, bottom - 0.5, 5.0],
                      [nw * 0.4, bottom + 0.3, 7.0], [0.0, bottom - 0.6, 9.0]])
     other = side[-2::-1]
-    canvas.fill(np.concatenate([np.stack([tip[0] - side[:, 0], side[:, 1]], 1),
-                                np.stack([tip[0] + other[:, 0], other[:, 1]], 1)]), 10,
-                np.concatenate([side[:, 2], other[:, 2]]))
+    outline = np.concatenate([np.stack([tip[0] - side[:, 0], side[:, 1]], 1),
+                              np.stack([tip[0] + other[:, 0], other[:, 1]], 1)])
+    canvas.fill(outline, 10, np.concatenate([side[:, 2], other[:, 2]]))
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.78, tip[1] + 0.8, nw * 0.22, 2.4, 12),
                     SUB["nose_side"], 4.0)
@@ -499,6 +532,8 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
     for s in (-1, 1):
         canvas.fill(_ellipse(tip[0] + s * nw * 0.38, bottom - 1.3, _lerp(1.2, 2.2, nose.nostrils),
                              0.9, 12), SUB["nostril"], 6.0)
+    if "nose" in marks:
+        _nose_marks(canvas, marks["nose"], outline, tip, nw, bw, eye_y, bottom)
 
     # mouth: curves across it from the subject's right corner to the left one
     t, env = _T, _ENV
@@ -525,24 +560,84 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
         canvas.fill(teeth, SUB["teeth"], 2.5)
     canvas.fill(band(lip_top, inner_up), 18, _LIP_DEPTH)
     canvas.fill(band(inner_low, lip_bottom), 19, _LIP_DEPTH)
+    lip_mark = marks.get("mouth")
+    if lip_mark is not None and lip_mark.mark > 0.45:  # a stud in the lower lip
+        x = float(np.interp(_lerp(-0.55, 0.55, lip_mark.mark_x), t, mx))
+        y = float(np.interp(_lerp(-0.55, 0.55, lip_mark.mark_x), t, (inner_low + lip_bottom) / 2))
+        canvas.fill_inside(band(inner_low, lip_bottom), 19,
+                           [(_ellipse(x, y, 1.3, 1.3, 10), SUB["lip_stud"])], 3.0)
 
     gaze = np.array([_lerp(-1.0, 1.0, n.gaze_x), _lerp(-0.2, 0.8, n.gaze_y)])
-    radius = ew * _lerp(0.27, 0.36, eye.iris_size)
+    eye_mark = marks.get("eyes")
+    radius = ew * (_lerp(0.27, 0.36, eye.iris_size) if eye_mark is None
+                   else _lerp(0.33, 0.45, eye.iris_size))
+    lash = (_lerp(0.6, 1.2, eye.lash) if eye_mark is None
+            else _lerp(0.8, 2.4, eye_mark.liner_width))
     for centre, s, sclera, suffix in ((e_r, -1, 11, "r"), (e_l, 1, 12, "l")):
         shape, upper = _eye(centre, ew, eh, tilt, s)
         canvas.fill(shape, sclera, 1.0)
         ix, iy = centre + gaze
+        iris = [(_ellipse(ix, iy, radius, radius, 20), SUB["iris_" + suffix])]
+        if eye_mark is not None:
+            iris = _iris_pattern(eye_mark, ix, iy, radius, s, suffix)
         canvas.fill_inside(shape, sclera, [
-            (_ellipse(ix, iy, radius, radius, 20), SUB["iris_" + suffix]),
+            *iris,
             (_ellipse(ix, iy, radius * 0.45, radius * 0.45, 14), SUB["pupil_" + suffix]),
             (_ellipse(ix - radius * 0.35, iy - radius * 0.35, radius * 0.24, radius * 0.24, 8),
              SUB["glint_" + suffix])], 1.0)
-        canvas.line(upper, SUB["lash_" + suffix], _lerp(0.6, 1.2, eye.lash), 1.0)
+        canvas.line(upper, SUB["lash_" + suffix], lash, 1.0)
     canvas.fill(brow_r, 13, 2.0)
     canvas.fill(brow_l, 14, 2.0)
+    brow_mark = marks.get("brows")
+    if brow_mark is not None and brow_mark.tip > 0.3:  # the outer part of the brows dyed
+        for brow, line, value, s, suffix in ((brow_r, brow_lines[0], 13, -1, "r"),
+                                             (brow_l, brow_lines[1], 14, 1, "l")):
+            split = _lerp(line[0, 0], line[-1, 0], _lerp(0.35, 0.75, (brow_mark.tip - 0.3) / 0.7))
+            y = line[:, 1].mean()
+            box = [[split, y - 12.0], [split + s * 20.0, y - 12.0], [split + s * 20.0, y + 12.0],
+                   [split, y + 12.0]]
+            canvas.fill_inside(brow, value, [(box, SUB["brow_tip_" + suffix])], 2.0)
 
 
-def _draw_hair(canvas: _Canvas, geo: _Geometry) -> None:
+def _iris_pattern(m: Any, ix: float, iy: float, radius: float, side: int,
+                  suffix: str) -> list[tuple[np.ndarray, int]]:
+    """The iris in two colours: a dark outer ring, a bright inner ring or a sector."""
+    iris, ring = SUB["iris_" + suffix], SUB["iris_ring_" + suffix]
+    width = _lerp(0.2, 0.45, m.ring_width)
+    if m.ring < 0.34:  # outer ring
+        return [(_ellipse(ix, iy, radius, radius, 20), ring),
+                (_ellipse(ix, iy, radius * (1 - width), radius * (1 - width), 20), iris)]
+    if m.ring < 0.67:  # inner ring around the pupil
+        inner = radius * (0.5 + width)
+        return [(_ellipse(ix, iy, radius, radius, 20), iris),
+                (_ellipse(ix, iy, inner, inner, 16), ring)]
+    start = 2 * math.pi * m.ring_width * side  # a sector, mirrored between the eyes
+    wedge = np.concatenate([[[ix, iy]], _ellipse(ix, iy, radius * 1.05, radius * 1.05, 9, start,
+                                                 start + 2.2)])
+    return [(_ellipse(ix, iy, radius, radius, 20), iris), (wedge, ring)]
+
+
+def _nose_marks(canvas: _Canvas, m: Any, outline: np.ndarray, tip: np.ndarray, nw: float,
+                bw: float, eye_y: float, bottom: float) -> None:
+    """Freckles over the nose and a stud, both fixed per identity."""
+    detail = []
+    count = int(m.spots * 8)
+    if count >= 2:
+        rng = np.random.default_rng(int(m.spot_seed * 2**31))
+        u, v = rng.random(count), rng.random(count)
+        ys = eye_y + 8.0 + v * (bottom - eye_y - 10.0)
+        half = bw * 1.4 + (nw - bw * 1.4) * v  # the nose widens downwards
+        for x, y in zip(tip[0] + (2 * u - 1) * half * 0.8, ys, strict=True):
+            detail.append((_ellipse(x, y, 0.9, 0.9, 8), SUB["nose_spot"]))
+    if m.mark > 0.4:
+        x, y = ((tip[0] - nw * 0.75, tip[1] + 0.5), (tip[0] + nw * 0.75, tip[1] + 0.5),
+                (tip[0], eye_y + 9.0))[min(int(m.stud * 3), 2)]
+        detail.append((_ellipse(x, y, 1.4, 1.4, 10), SUB["nose_stud"]))
+    if detail:
+        canvas.fill_inside(outline, 10, detail, 6.0)
+
+
+def _draw_hair(canvas: _Canvas, geo: _Geometry, marks: Any = None) -> None:
     style, a = geo.hair, geo.half_width
     eye_y = (geo.anchors[0, 1] + geo.anchors[1, 1]) / 2
     if style.bald:
@@ -563,7 +658,16 @@ def _draw_hair(canvas: _Canvas, geo: _Geometry) -> None:
     inner_x = a - 3.0 if style.covers_ears else a - 2.0
     inner = np.concatenate([[[_MID + inner_x, side_y], [_MID + a - 4.0, temple_y]], line[::-1],
                             [[_MID - a + 4.0, temple_y], [_MID - inner_x, side_y]]])
-    canvas.fill(np.concatenate([outer, inner]), 21)
+    hair = np.concatenate([outer, inner])
+    canvas.fill(hair, 21)
+    if marks is not None and marks.streak > 0.3:  # a dyed streak from the crown
+        start = np.array([_MID + style.part * 0.25, geo.top + 4.0])
+        angle = _lerp(-1.2, 1.2, marks.streak_angle)
+        along = np.array([math.sin(angle), math.cos(angle)])
+        across = np.array([along[1], -along[0]]) * _lerp(3.0, 8.0, marks.streak_width)
+        end = start + 140.0 * along
+        canvas.fill_inside(hair, 21, [(np.array([start - across, start + across, end + across,
+                                                 end - across]), SUB["hair_streak"])])
 
 
 def _draw_glasses(canvas: _Canvas, glasses: Any, geo: _Geometry) -> None:
@@ -613,3 +717,78 @@ def _draw_headwear(canvas: _Canvas, hat: Any, geo: _Geometry) -> None:
         canvas.fill(band, SUB["hat_band"])
         canvas.fill(_ellipse(_MID, rim_y + 1.0, rx + _lerp(12.0, 22.0, hat.brim),
                              _lerp(3.5, 6.0, hat.band), 28), SUB["hat_brim"])
+
+
+def _draw_occluder(canvas: _Canvas, occ: Any, geo: _Geometry) -> None:
+    """Sunglasses (1), a surgical mask (2), a hand (3) or a scarf (4) over the finished face."""
+    e_r, e_l, tip, c_r, c_l = geo.anchors
+    a, chin_y = geo.half_width, geo.chin_y
+    eye_y, mouth_y = (e_r[1] + e_l[1]) / 2, (c_r[1] + c_l[1]) / 2
+    if occ.kind == 1:  # sunglasses: dark lenses over both eyes, frame and temples
+        rx, ry = geo.eye_size[0] / 2 + _lerp(4.0, 6.5, occ.size), _lerp(6.0, 9.0, occ.size)
+        power = _lerp(2.0, 5.0, occ.shade)
+        for centre in (e_r, e_l):
+            rim = _superellipse(centre[0], centre[1] + 0.5, rx, ry, power)
+            canvas.fill(rim, SUB["occ_lens"], 4.0)
+            canvas.line(rim, SUB["occ_frame"], 1.4, 4.0, closed=True)
+        bridge_y = min(e_r[1], e_l[1]) - 2.0
+        canvas.line([[e_r[0] + rx, e_r[1] - 0.5], [_MID, bridge_y], [e_l[0] - rx, e_l[1] - 0.5]],
+                    SUB["occ_frame"], 1.6, 5.0)
+        starts = canvas.turn([[e_r[0] - rx, e_r[1] - 1.0], [e_l[0] + rx, e_l[1] - 1.0]], 4.0)
+        for start, s in zip(starts, (-1, 1), strict=True):
+            canvas.line([start, [_MID + s * (a + 1.0), start[1] - 1.0]], SUB["occ_frame"], 1.6)
+    elif occ.kind == 2:  # surgical mask from the bridge of the nose to under the chin
+        w = a * _lerp(0.82, 0.95, occ.size)
+        top = _lerp(eye_y + 9.0, tip[1] - 5.0, occ.y)
+        t = _T
+        upper = np.stack([_MID + t * w, top + 5.0 * t * t], 1)
+        low_c = mouth_y + 2.0
+        arc = _ellipse(_MID, low_c, w, chin_y + 4.0 - low_c, 13, 0.0, math.pi)
+        shape = np.concatenate([upper, [[_MID + w, mouth_y - 1.0]], arc,
+                                [[_MID - w, mouth_y - 1.0]]])
+        depth = 3.0 + 3.0 * np.cos(np.clip((shape[:, 0] - _MID) / w, -1, 1) * math.pi / 2)
+        canvas.fill(shape, SUB["occ_mask"], depth)
+        pleats = []
+        for k, y in enumerate(np.linspace(top + 7.0, mouth_y + 6.0, 3)):
+            half = w * (0.8 - 0.05 * k)
+            pleats.append((np.array([[_MID - half, y - 0.4], [_MID + half, y - 0.4],
+                                     [_MID + half, y + 0.4], [_MID - half, y + 0.4]]),
+                           SUB["occ_pleat"]))
+        canvas.fill_inside(shape, SUB["occ_mask"], pleats, 5.0)
+        for s in (-1, 1):  # ear loops
+            ear = [_MID + s * (a + 1.0), eye_y + 7.0]
+            canvas.line([[_MID + s * w, top + 5.0], ear, [_MID + s * w, mouth_y + 4.0]],
+                        SUB["occ_loop"], 0.8)
+    elif occ.kind == 3:  # a hand in front of the face, the forearm coming up from below
+        c = np.array([_lerp(_MID - 14.0, _MID + 14.0, occ.x), _lerp(eye_y - 2.0, mouth_y + 4.0,
+                                                                     occ.y)])
+        angle = _lerp(-0.7, 0.7, occ.angle)
+        k = _lerp(0.9, 1.15, occ.size)
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+
+        def place(pts: np.ndarray) -> np.ndarray:
+            return (k * pts) @ rot.T + c
+
+        palm = _superellipse(0.0, 4.0, 13.0, 12.0, 3.0)
+        arm = np.array([[-9.0, 8.0], [9.0, 8.0], [14.0, 120.0], [-14.0, 120.0]])
+        canvas.fill(place(arm), SUB["occ_hand"])
+        canvas.fill(place(palm), SUB["occ_hand"])
+        for x, length in ((-9.0, 19.0), (-3.0, 23.0), (3.0, 22.0), (9.0, 18.0)):
+            finger = _superellipse(x, -4.0 - length / 2, 2.9, length / 2 + 3.0, 2.4)
+            canvas.fill(place(finger), SUB["occ_hand"])
+            canvas.line(place(finger), SUB["occ_finger"], 0.5, closed=True)
+        thumb = _superellipse(0.0, 0.0, 3.2, 10.0, 2.4) @ np.array(
+            [[math.cos(-0.9), math.sin(-0.9)], [-math.sin(-0.9), math.cos(-0.9)]]) + (16.0, 2.0)
+        canvas.fill(place(thumb), SUB["occ_hand"])
+        canvas.line(place(thumb), SUB["occ_finger"], 0.5, closed=True)
+    else:  # scarf wrapped over the mouth and chin, down over the chest
+        top = _lerp(mouth_y - 4.0, tip[1] + 2.0, occ.y)
+        xs = np.linspace(-1.0, 1.0, 13)
+        upper = np.stack([_MID + xs * (a + 8.0), top + 4.0 * xs * xs], 1)
+        shape = np.concatenate([upper, [[_MID + a + 12.0, FAR], [_MID - a - 12.0, FAR]]])
+        canvas.fill(shape, SUB["occ_scarf"])
+        folds = []
+        for y in np.linspace(top + 6.0, chin_y + 20.0, 4):
+            wave = np.stack([_MID + xs * (a + 10.0), y + 3.0 * xs * xs + 1.5 * np.sin(xs * 6)], 1)
+            folds.append((np.concatenate([wave, wave[::-1] + (0.0, 1.2)]), SUB["occ_fold"]))
+        canvas.fill_inside(shape, SUB["occ_scarf"], folds)

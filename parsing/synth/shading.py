@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from parsing.synth.genes import MARKS
 from parsing.synth.sublabels import MATERIAL_TABLE, MOLE, SKIN_WEIGHT, SUB, SUB_TO_CLASS
 from parsing.synth.textures import TextureBank, texture_bank
 
@@ -51,7 +52,56 @@ _SKIN_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, SUB["nose_side"], SUB["nose_ridge"],
              *range(MOLE + 1, MOLE + 10)]
 
 
-def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
+_MASK_COLOURS = np.array([(150, 200, 232), (236, 238, 240), (36, 36, 42), (236, 180, 196),
+                          (120, 170, 150)], np.float32)
+
+
+def _marks_palette(rgb: np.ndarray, marks: dict[str, Any]) -> None:
+    """Vivid, per-identity colours of the groups with marks (see genes.MARK_GENES)."""
+    if (m := marks.get("eyes")) is not None:
+        rgb[[SUB["iris_r"], SUB["iris_l"]]] = _hsv(m.iris_hue, _lerp(0.45, 1.0, m.iris_sat),
+                                                   _lerp(0.35, 1.0, m.iris_val))
+        rgb[[SUB["iris_ring_r"], SUB["iris_ring_l"]]] = _hsv(
+            m.ring_hue, 0.85, _lerp(0.95, 0.25, m.iris_val))
+        sclera = _lerp(215.0, 245.0, m.sclera_tint)
+        rgb[[11, 12]] = sclera + (_hsv(m.sclera_hue, 1.0, 1.0) - sclera) * _lerp(
+            0.25, 0.6, m.sclera_tint)
+        rgb[[SUB["lash_r"], SUB["lash_l"]]] = _hsv(m.liner_hue, 0.85, 0.6)
+    if (m := marks.get("brows")) is not None:
+        rgb[[13, 14]] = _hsv(m.hue, _lerp(0.3, 1.0, m.sat), _lerp(0.12, 0.85, m.val))
+        rgb[[SUB["brow_tip_r"], SUB["brow_tip_l"]]] = _hsv(m.tip_hue, 0.85, 0.8)
+    if (m := marks.get("nose")) is not None:
+        paint = _hsv(m.hue, 0.85, 0.85)
+        ids = [10, SUB["nose_side"], SUB["nose_ridge"]]
+        rgb[ids] += (paint - rgb[ids]) * _lerp(0.3, 0.65, m.tint)
+        rgb[SUB["nose_spot"]] = _hsv(m.hue + 0.5, 0.75, 0.3)
+        rgb[SUB["nose_stud"]] = _hsv(m.stud_hue, 0.45, 0.98)
+    if (m := marks.get("mouth")) is not None:
+        upper = _hsv(m.hue, _lerp(0.5, 1.0, m.sat), _lerp(0.35, 0.95, m.val))
+        lower = (_hsv(m.lower_hue, _lerp(0.5, 1.0, m.sat), _lerp(0.95, 0.35, m.val))
+                 if m.two_tone > 0.5 else upper * 1.08)
+        rgb[18], rgb[19] = upper, lower
+        rgb[SUB["lip_stud"]] = (235.0, 235.0, 240.0) if m.mark_x < 0.5 else (235.0, 190.0, 70.0)
+    if (m := marks.get("hair")) is not None:
+        hair_rgb = _hsv(m.hue, _lerp(0.15, 0.95, m.sat), _lerp(0.12, 0.95, m.val))
+        rgb[21], rgb[SUB["hair_back"]] = hair_rgb, hair_rgb * 0.78
+        rgb[SUB["hair_streak"]] = _hsv(m.streak_hue, 0.85, 0.9)
+
+
+def _occluder_palette(rgb: np.ndarray, occ: Any) -> None:
+    rgb[SUB["occ_lens"]] = _lerp(12.0, 55.0, occ.val) * np.array([1.0, 1.0 + 0.1 * occ.sat, 1.1])
+    rgb[SUB["occ_frame"]] = _pick(_FRAMES, occ.hue)
+    rgb[SUB["occ_mask"]] = _pick(_MASK_COLOURS, occ.hue)
+    rgb[SUB["occ_pleat"]] = rgb[SUB["occ_mask"]] * 0.82
+    rgb[SUB["occ_loop"]] = rgb[SUB["occ_mask"]] * 0.92
+    rgb[SUB["occ_hand"]] = _pick(_SKIN_TONES, occ.hue) * _lerp(0.9, 1.05, occ.shade)
+    rgb[SUB["occ_finger"]] = rgb[SUB["occ_hand"]] * 0.72
+    rgb[SUB["occ_scarf"]] = _hsv(occ.hue, _lerp(0.3, 0.9, occ.sat), _lerp(0.25, 0.9, occ.val))
+    rgb[SUB["occ_fold"]] = rgb[SUB["occ_scarf"]] * 0.75
+
+
+def _palette(genes: dict[str, Any], n: Any, occluder: Any = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Per-image colour of every sub-label, (256, 3) float32, and the second background colour."""
     skin, hair, eye, brow, mouth = (genes[k] for k in ("skin", "hair", "eyes", "brows", "mouth"))
     cloth, glasses, hat = genes["clothing"], genes["glasses"], genes["headwear"]
@@ -90,6 +140,10 @@ def _palette(genes: dict[str, Any], n: Any) -> tuple[np.ndarray, np.ndarray]:
     rgb[SUB["lens"]] = _lerp(20.0, 70.0, glasses.shade) * np.array([1.0, 1.05, 1.1])
     rgb[24] = _hsv(hat.hue, _lerp(0.1, 0.9, hat.saturation), _lerp(0.25, 0.95, hat.value))
     rgb[SUB["hat_band"]], rgb[SUB["hat_brim"]] = rgb[24] * 0.6, rgb[24] * 0.85
+    if MARKS in genes:
+        _marks_palette(rgb, genes[MARKS])
+    if occluder is not None:
+        _occluder_palette(rgb, occluder)
     second_bg = _hsv(n.bg_hue2, _lerp(0.05, 0.6, n.bg_sat), _lerp(0.2, 0.95, n.bg_amount))
     return rgb, second_bg
 
@@ -165,7 +219,7 @@ def _skin_and_light(size: int, genes: dict[str, Any], n: Any, matrix: np.ndarray
 
 
 def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarray,
-               frame: FaceFrame) -> np.ndarray:
+               frame: FaceFrame, occluder: Any = None) -> np.ndarray:
     """Colour a 2x sub-label map and turn it into the (S, S, 3) uint8 photograph.
 
     The map is coloured through the per-image palette (camera colour already applied: it is
@@ -175,7 +229,7 @@ def shade_face(sub: np.ndarray, genes: dict[str, Any], n: Any, matrix: np.ndarra
     """
     size = sub.shape[0] // 2
     sub1 = sub[::2, ::2]  # sub-label at each output pixel centre
-    rgb, second_bg = _palette(genes, n)
+    rgb, second_bg = _palette(genes, n, occluder)
     camera, offset = _colour_matrix(n)
     rgb = rgb @ camera.T + offset
     second_bg = second_bg @ camera.T + offset

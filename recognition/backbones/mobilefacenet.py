@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from parsing.core.errors import InputError
 from recognition.backbones._utils import body_autocast, check_input
 from recognition.backbones.registry import register_backbone
 
@@ -115,6 +116,11 @@ class MobileFaceNet(nn.Module):
                  scale: int = 2, fp16: bool = False,
                  amp_dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
+        if len(blocks) != 4 or not all(isinstance(b, int) and b >= 1 for b in blocks):
+            raise InputError(f"MobileFaceNet blocks must be four integers >= 1, got {blocks}")
+        if not (isinstance(scale, int) and scale >= 1 and num_features >= 1):
+            raise InputError(f"MobileFaceNet scale and num_features must be >= 1, got {scale}, "
+                             f"{num_features}")
         self.fp16 = fp16
         self.amp_dtype = amp_dtype
         self.num_features = num_features

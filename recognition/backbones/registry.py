@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable
 
 from torch import nn
 
 from parsing.core.errors import InputError
+from parsing.core.registry import Registry
 from recognition.backbones.checkpoint import load_backbone_weights
 from recognition.backbones.timm_backbone import TimmBackbone
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", "or 'timm:<model name>'")
 # insightface's config names (``config.network = "r50"``) resolve to ours.
 _ALIASES = {
     "r18": "iresnet18",
@@ -26,10 +26,7 @@ TIMM_PREFIX = "timm:"
 
 def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a backbone constructor under its function name (timm style decorator)."""
-    if fn.__name__ in _BACKBONES:
-        raise ValueError(f"backbone {fn.__name__!r} is already registered")
-    _BACKBONES[fn.__name__] = fn
-    return fn
+    return _BACKBONES.register(fn)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -37,7 +34,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
     Any timm model is also available as ``"timm:<name>"`` (see ``timm.list_models``).
     """
-    return sorted(name for name in _BACKBONES if fnmatch.fnmatchcase(name, pattern))
+    return _BACKBONES.names(pattern)
 
 
 def create_backbone(name: str, checkpoint_path: str | os.PathLike | None = None,
@@ -59,10 +56,12 @@ def create_backbone(name: str, checkpoint_path: str | os.PathLike | None = None,
         model = TimmBackbone(name[len(TIMM_PREFIX):], **kwargs)
     else:
         key = _ALIASES.get(name, name)
-        if key not in _BACKBONES:
-            known = ", ".join(list_backbones())
-            raise InputError(f"unknown backbone {name!r}; known: {known}, or 'timm:<model name>'")
-        model = _BACKBONES[key](**kwargs)
+        try:
+            model = _BACKBONES.create(key, **kwargs)
+        except TypeError as exc:  # an unknown or missing keyword argument
+            if "argument" not in str(exc):
+                raise
+            raise InputError(f"backbone {name!r}: {exc}") from None
     if checkpoint_path is not None:
         load_backbone_weights(model, checkpoint_path)
     return model

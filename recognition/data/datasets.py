@@ -2,15 +2,17 @@
 
 Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask": uint8 (H, W)``
 (FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
-device after the loader (:mod:`recognition.augment`), so a run resumes exactly with any number
+device after the loader (:mod:`fserasing.augment`), so a run resumes exactly with any number
 of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
 :func:`collate_faces` counts it and fills its slot with another sample of the batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import IMAGE_EXTENSIONS, decode_image
 from parsing.core.labels import FSE25
 from parsing.core.recordio import RecordIOReader, read_layout
+from parsing.core.registry import Registry
 from parsing.synth import SynthFaces
 
 __all__ = [
@@ -32,8 +35,11 @@ __all__ = [
     "RecordIOFaces",
     "SynthFaceSet",
     "collate_faces",
+    "create_face_dataset",
     "decode_face",
+    "list_face_datasets",
     "open_dataset",
+    "register_face_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,8 @@ class FaceDataset(Dataset):
     Subclasses set ``root``, ``keys`` (each sample's path under ``root``), ``labels`` and
     ``num_classes``; ``_read(i) -> (image, label)`` reads ``image_path(i)`` unless overridden.
     A mask source (:func:`fserasing.open_mask_source`: folder, tensor file, callable) pairs
-    masks with samples by that path.
+    masks with samples by that path. A new reader is one subclass decorated with
+    ``@register_face_dataset("name")`` whose static ``detect(path)`` recognises its folders.
     """
 
     root: Path
@@ -67,11 +74,33 @@ class FaceDataset(Dataset):
         self.skip_bad = skip_bad
         self.size = size
 
+    @staticmethod
+    def detect(path: Path) -> bool:
+        """Whether ``path`` is in this reader's format (:func:`open_dataset`)."""
+        return False
+
     def __len__(self) -> int:
         return len(self.keys)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Image count, identity count and a SHA-256 of the (key, label) list: what a resumed
+        run checks it continues on the same data."""
+        digest = hashlib.sha256()
+        for key, label in zip(self.keys, self.labels.tolist(), strict=True):
+            digest.update(f"{key}\t{label}\n".encode())
+        return {"images": len(self.keys), "identities": int(self.num_classes),
+                "files": digest.hexdigest()}
+
     def image_path(self, index: int) -> Path:
         return self.root / self.keys[index]
+
+    def _widen_classes(self, num_classes: int | None, where: Path) -> None:
+        """Use ``num_classes`` classifier rows (>= the identities found) if given."""
+        if num_classes is not None:
+            if num_classes < self.num_classes:
+                raise DataError(f"{where}: holds {self.num_classes} identities but num_classes "
+                                f"is {num_classes}")
+            self.num_classes = num_classes
 
     def _check_masks(self) -> None:
         if self.mask_source is not None:
@@ -114,11 +143,32 @@ class FaceDataset(Dataset):
         return sample
 
 
+_FACE_DATASETS: Registry[type[FaceDataset]] = Registry("dataset kind")
+
+
+def register_face_dataset(name: str) -> Callable[[type[FaceDataset]], type[FaceDataset]]:
+    """Class decorator adding a training-set reader: :func:`open_dataset` uses it for a path
+    its ``detect(path)`` accepts, trying the readers in registration order."""
+    return _FACE_DATASETS.register(name)
+
+
+def create_face_dataset(name: str, root: str | os.PathLike, **kwargs: Any) -> FaceDataset:
+    """The registered reader ``name`` on ``root`` (``masks``, ``skip_bad``, ``size``,
+    ``num_classes`` as in :func:`open_dataset`)."""
+    return _FACE_DATASETS.create(name, root, **kwargs)
+
+
+def list_face_datasets(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered training-set readers matching ``pattern``."""
+    return _FACE_DATASETS.names(pattern)
+
+
+@register_face_dataset("imagefolder")
 class ImageFolderFaces(FaceDataset):
     """Aligned faces, one folder per identity; labels are the sorted folder indices."""
 
     def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
-                 size: int | None = 112) -> None:
+                 size: int | None = 112, num_classes: int | None = None) -> None:
         super().__init__(masks, skip_bad, size)
         self.root = Path(root)
         try:
@@ -129,15 +179,19 @@ class ImageFolderFaces(FaceDataset):
         self.keys = [str(Path(p).relative_to(self.root)) for p, _ in items]
         self.labels = torch.tensor([c for _, c in items], dtype=torch.long)
         self.num_classes = len(self.classes)
+        self._widen_classes(num_classes, self.root)
         self._check_masks()
 
 
+@register_face_dataset("recordio")
 class RecordIOFaces(FaceDataset):
     """insightface ``train.rec`` + ``train.idx`` (reference §5.4), read without mxnet.
 
     With the header record (key 0, flag > 0) the images are keys ``1..a-1`` and the identity
     records say which key range belongs to which identity; each image's label is checked
-    against them. Without it every key is an image and labels are taken as they are. A label
+    against them. A header with an empty identity range (``b == a``: no identity records, as
+    insightface's reader accepts) and a file without a header take every image's label as it
+    is (all keys are images without the header). A label
     that is not a whole number in ``0..num_classes-1``, or that disagrees with its identity
     record, raises DataError naming the record (or is skipped with ``skip_bad``).
     """
@@ -158,15 +212,15 @@ class RecordIOFaces(FaceDataset):
         else:
             labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
             self.num_classes = int(labels.max(initial=-1)) + 1
-        if num_classes is not None:
-            if num_classes < self.num_classes:
-                raise DataError(f"{rec}: holds {self.num_classes} identities but num_classes is "
-                                f"{num_classes}")
-            self.num_classes = num_classes
+        self._widen_classes(num_classes, rec)
         self.image_keys = image_keys
         self.keys = [str(k) for k in image_keys]
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self._check_masks()
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return path.suffix == ".rec" or (path / "train.rec").is_file()
 
     def _identity_labels(self, first_id: int, end_id: int) -> np.ndarray:
         expected = np.full(first_id - 1, -1, dtype=np.int64)
@@ -202,6 +256,7 @@ class RecordIOFaces(FaceDataset):
         return decode_face(payload, self.reader.where(key), self.size), label
 
 
+@register_face_dataset("synth")
 class SynthFaceSet(FaceDataset):
     """The synthetic set of ``python -m parsing.synth`` (indexed by :class:`SynthFaces`).
 
@@ -210,7 +265,7 @@ class SynthFaceSet(FaceDataset):
     """
 
     def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
-                 size: int | None = 112) -> None:
+                 size: int | None = 112, num_classes: int | None = None) -> None:
         root = Path(root)
         if isinstance(masks, str) and masks == "labels":
             masks = _SynthLabelMaps(root / "labels_25")
@@ -224,7 +279,12 @@ class SynthFaceSet(FaceDataset):
         self.keys = [f"{fid:06d}.png" for fid in index.frame_ids]
         self.labels = torch.tensor([to_label[c] for c in index.identities], dtype=torch.long)
         self.num_classes = len(self.identities)
+        self._widen_classes(num_classes, root)
         self._check_masks()
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return (path / "identities.csv").is_file() and (path / "anno_list.csv").is_file()
 
 
 class _SynthLabelMaps(MaskFolder):
@@ -237,18 +297,18 @@ class _SynthLabelMaps(MaskFolder):
 
 def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
                  size: int | None = 112, num_classes: int | None = None) -> FaceDataset:
-    """Pick the reader from the folder: ``train.rec`` -> RecordIO, ``identities.csv`` and
-    ``anno_list.csv`` -> synthetic set, else an ImageFolder of identities."""
+    """Pick the reader from the folder: the first registered one whose ``detect`` accepts it
+    (``train.rec`` -> RecordIO, ``identities.csv`` and ``anno_list.csv`` -> synthetic set),
+    else an ImageFolder of identities. Readers are called ``reader(path, masks, skip_bad, size,
+    num_classes)``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such dataset")
-    if path.suffix == ".rec" or (path / "train.rec").is_file():
-        return RecordIOFaces(path, masks, skip_bad, size, num_classes)
-    if (path / "identities.csv").is_file() and (path / "anno_list.csv").is_file():
-        return SynthFaceSet(path, masks, skip_bad, size)
-    if masks == "labels":
+    reader = next((_FACE_DATASETS.get(name) for name in _FACE_DATASETS
+                   if _FACE_DATASETS.get(name).detect(path)), ImageFolderFaces)
+    if isinstance(masks, str) and masks == "labels" and reader is not SynthFaceSet:
         raise InputError(f"{path}: masks='labels' needs a parsing.synth folder")
-    return ImageFolderFaces(path, masks, skip_bad, size)
+    return reader(path, masks, skip_bad, size, num_classes)
 
 
 def collate_faces(batch: list[dict[str, Any] | None]) -> dict[str, Any]:

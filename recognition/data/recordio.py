@@ -1,24 +1,21 @@
 """Face data sets in insightface's RecordIO layout: pack an ImageFolder into ``train.rec``.
 
 The format (frames, ``.idx``, ``IRHeader``, the insightface key layout) is read and written by
-:mod:`parsing.core.recordio`. Run ``python -m recognition.data.recordio --images DIR --out DIR``
-to pack an ImageFolder.
+:mod:`parsing.core.recordio`. ``python -m recognition.make_recordio --images DIR --out DIR``
+packs an ImageFolder.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from parsing.core.cli import cli_main
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import IMAGE_EXTENSIONS
 from parsing.core.progress import progress_bar
@@ -85,19 +82,3 @@ def pack_image_folder(root: str | os.PathLike, out_dir: str | os.PathLike) -> in
     samples = ((f.read_bytes(), label)
                for f, label in progress_bar(files, desc="packing", unit="img"))
     return write_recordio(out_dir, samples)
-
-
-@cli_main
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m recognition.data.recordio",
-        description="Pack an ImageFolder of aligned faces into insightface's train.rec/train.idx.")
-    ap.add_argument("--images", required=True, help="folder with one sub-folder per identity")
-    ap.add_argument("--out", required=True, help="output folder for train.rec and train.idx")
-    args = ap.parse_args(argv)
-    n = pack_image_folder(args.images, args.out)
-    print(json.dumps({"images": n, "rec": str(Path(args.out) / "train.rec")}))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

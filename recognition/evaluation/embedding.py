@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from parsing.core.errors import DataError, InputError
+from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from recognition.backbones import create_backbone
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (B, 3, H, W) -> float ``(x / 255 - 0.5) / 0.5`` (reference §5.1)."""
-    return images.float().div_(255).sub_(0.5).div_(0.5)
 
 
 @torch.no_grad()
@@ -27,7 +23,7 @@ def embed(model: nn.Module, images: torch.Tensor, flip: bool = True) -> torch.Te
 
     The image and its mirror go through the model as one batch of 2B.
     """
-    x = to_model_input(images)
+    x = normalise(images)
     if not flip:
         return model(x)
     out = model(torch.cat([x, x.flip(-1)]))

@@ -172,6 +172,10 @@ def read_protocol(root: str | os.PathLike, name: str | None = None) -> IJBProtoc
     points_file = meta_path(root, name, "name_5pts_score.txt")
     names, templates, medias = read_face_tid_mid(media_file)
     point_names, landmarks, faceness = read_name_5pts_score(points_file)
+    bad = np.flatnonzero(~(np.isfinite(landmarks).reshape(len(landmarks), -1).all(1)
+                           & np.isfinite(faceness)))
+    if len(bad):
+        raise DataError(f"{points_file}, entry {bad[0] + 1}: landmarks and score must be finite")
     if len(point_names) != len(names):
         raise DataError(f"{points_file}: {len(point_names)} images but {media_file} lists "
                         f"{len(names)}; the two files must list the same images in order")

@@ -35,7 +35,7 @@ def write_synthetic_protocol(
     seed: int = 0,
 ) -> tuple[IJBProtocol, IdentificationProtocol]:
     """Write faces (N, 3, H, W) uint8 with five points (N, 5, 2) and identities (N,) as an
-    IJB protocol in ``out_dir``; returns what :func:`recognition.ijbc.read_protocol` and
+    IJB protocol in ``out_dir``; returns what :func:`recognition.evaluation.ijbc.read_protocol` and
     ``read_identification_protocol`` will read back."""
     if name not in GALLERY_NAMES:
         raise InputError(f"protocol name must be one of {tuple(GALLERY_NAMES)}, got {name!r}")

@@ -1,10 +1,11 @@
 """Verification during training, on ``.bin`` sets (LFW, CFP-FP, AgeDB-30) or synthetic pairs.
 
-A thin adapter over :mod:`recognition.verification` and :mod:`recognition.embedding`: the
-protocol is insightface's (flip-fused, L2-normalised embeddings, squared distances, 10 folds,
-best threshold on the other nine). Targets are named as in ``--val``: a path to a ``.bin``
-file, or ``synth:DIR`` for a ``parsing.synth`` folder of held-out identities, whose pairs are
-drawn with :func:`recognition.verification.sample_pairs` (half genuine, fixed seed).
+A thin adapter over :mod:`recognition.evaluation.verification` and
+:mod:`recognition.evaluation.embedding`: the protocol is insightface's (flip-fused,
+L2-normalised embeddings, squared distances, 10 folds, best threshold on the other nine).
+Targets are named as in ``--val``: a path to a ``.bin`` file, or ``synth:DIR`` for a
+``parsing.synth`` folder of held-out identities, whose pairs are drawn with
+:func:`recognition.evaluation.verification.sample_pairs` (half genuine, fixed seed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from recognition.data.datasets import SynthFaceSet
 from recognition.evaluation.embedding import embed
 from recognition.evaluation.verification import (
     decode_images,
+    distinct_pairs,
     load_bin,
     sample_pairs,
     verification_accuracy,
@@ -61,9 +63,10 @@ class VerificationSet:
                    seed: int = 0) -> VerificationSet:
         dataset = SynthFaceSet(root)
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-        n_pairs = min(max_pairs, 10 * len(dataset))
+        labels = dataset.labels.numpy()
+        n_pairs = min(max_pairs, 10 * len(dataset), 2 * min(distinct_pairs(labels)))
         n_pairs -= n_pairs % 10  # whole folds
-        first, second, issame = sample_pairs(dataset.labels.numpy(), n_pairs, seed)
+        first, second, issame = sample_pairs(labels, n_pairs, seed)
         return cls(Path(root).name, images, torch.from_numpy(first),
                    torch.from_numpy(second), torch.from_numpy(issame))
 

@@ -180,6 +180,13 @@ def verification_accuracy(embeddings: np.ndarray | torch.Tensor, issame: np.ndar
     }
 
 
+def distinct_pairs(identities: np.ndarray) -> tuple[int, int]:
+    """How many distinct (genuine, impostor) image pairs these identity labels make."""
+    counts = np.unique(np.asarray(identities), return_counts=True)[1]
+    genuine = int((counts * (counts - 1) // 2).sum())
+    return genuine, len(identities) * (len(identities) - 1) // 2 - genuine
+
+
 def sample_pairs(identities: np.ndarray, n_pairs: int, seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n_pairs`` distinct-image pairs, half of them genuine, in random order ->
@@ -190,8 +197,12 @@ def sample_pairs(identities: np.ndarray, n_pairs: int, seed: int = 0
     repeated = np.flatnonzero(counts >= 2)
     if len(repeated) == 0 or len(subjects) < 2:
         raise InputError("need at least two identities, one of them with two or more images")
-    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
     n_genuine = n_pairs // 2
+    genuine, impostor = distinct_pairs(identities)
+    if n_pairs < 1 or n_genuine > genuine or n_pairs - n_genuine > impostor:
+        raise InputError(f"--pairs {n_pairs}: {len(identities)} images make only {genuine} "
+                         f"genuine and {impostor} impostor pairs (half of the pairs are genuine)")
+    members = [np.flatnonzero(inverse == s) for s in range(len(subjects))]
     first, second = [], []
     for s in rng.choice(repeated, n_genuine):
         a, b = rng.choice(members[s], 2, replace=False)

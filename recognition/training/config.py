@@ -9,8 +9,10 @@ warning; any other unknown key is an error.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from parsing.core.cli import device as device_type
 from parsing.core.errors import InputError
 
 __all__ = ["LOSS_MARGINS", "TrainConfig", "load_config"]
@@ -26,7 +29,6 @@ log = logging.getLogger(__name__)
 
 #: (m1, m2, m3) of the named losses; ``combined`` takes ``margin_list`` as given.
 LOSS_MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.4)}
-AUGMENTATIONS = ("none", "fserasing", "random-erasing", "cutout")
 _IGNORED_INSIGHTFACE_KEYS = {
     "dali", "dali_aug", "using_wandb", "wandb_key", "wandb_entity", "wandb_project",
     "wandb_log_all", "wandb_resume", "save_artifacts", "suffix_run_name", "notes", "num_image",
@@ -66,7 +68,7 @@ class TrainConfig:
     loss: str = "arcface"  #: arcface | cosface | combined (combined: margin_list as given)
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  #: modules to import (custom backbones)
-    aug: str = "none"  #: none | fserasing | random-erasing | cutout
+    aug: str = "none"  #: fserasing.augment name: none | fserasing | random-erasing | cutout
     masks: str | None = None  #: folder / tensor file / "parser:CKPT" / "labels" (synth)
     fserasing: dict[str, Any] = field(default_factory=lambda: {"p": 0.5, "n_erase": [1, 3]})
     random_erasing: dict[str, Any] = field(default_factory=lambda: {"p": 0.5})
@@ -117,8 +119,6 @@ class TrainConfig:
                 raise InputError(f"margins {m} are not CosFace (1, 0, m3); use loss: combined")
         elif self.loss == "combined":
             raise InputError("loss 'combined' needs margin_list (--margins m1,m2,m3)")
-        if self.aug not in AUGMENTATIONS:
-            raise InputError(f"aug must be one of {', '.join(AUGMENTATIONS)}, got {self.aug!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.amp_dtype not in ("float16", "bfloat16"):
@@ -134,6 +134,27 @@ class TrainConfig:
             raise InputError(f"warmup_epoch must be in 0..num_epoch, got {self.warmup_epoch}")
         if self.save_every_steps < 0 or self.num_workers < 0:
             raise InputError("save_every_steps and num_workers must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay", "clip_grad_norm"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.interclass_filtering_threshold < 1.0:
+            raise InputError("interclass_filtering_threshold must be in [0, 1), got "
+                             f"{self.interclass_filtering_threshold}")
+        if self.image_size < 16:
+            raise InputError(f"image_size must be >= 16, got {self.image_size}")
+        if self.device is not None:
+            try:
+                device_type(str(self.device))
+            except argparse.ArgumentTypeError as exc:
+                raise InputError(f"device: {exc}") from None
+
+    def aug_options(self) -> dict[str, Any]:
+        """Options of ``aug``: the field named after it (``random-erasing``: ``random_erasing``),
+        empty if there is none."""
+        options = getattr(self, self.aug.replace("-", "_"), None)
+        return dict(options) if isinstance(options, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe values (tuples become lists)."""

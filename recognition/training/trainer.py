@@ -10,7 +10,10 @@ head shards, optimizer, scheduler, scaler, RNG states, data position), ``model.p
 backbone state_dict, what evaluation and export load), ``model.json`` (how to rebuild it),
 ``metrics.jsonl`` and TensorBoard events in ``tb/``. ``--resume RUN_DIR`` continues from the
 last checkpoint; with ``--deterministic`` on CPU it ends with the same weights, bit for bit, as
-a run that was never interrupted. The sample order of epoch e is a function of (seed, e).
+a run that was never interrupted, with any number of loader workers, and ``metrics.jsonl`` holds
+the same losses. The sample order of epoch e is a function of (seed, e); the checkpoint records
+a fingerprint of the data (image and identity counts, a hash of the file list) and a resume on
+other data is refused.
 
 On CPU, glibc's allocator setting of reference §8 makes training 1.2-1.8x faster:
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824``.
@@ -41,7 +44,7 @@ from tqdm import tqdm
 
 from fserasing.augment import BatchAugment
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import atomic_save, load_checkpoint
+from parsing.core.io import atomic_save, load_checkpoint, remove_stale_temporaries
 from parsing.core.progress import progress_bar
 from recognition.backbones import create_backbone
 from recognition.data.datasets import FaceDataset, collate_faces, open_dataset
@@ -153,8 +156,10 @@ class Trainer:
     ``Trainer(cfg).train()`` is what the CLI runs; ``resume_from`` is a run folder.
     """
 
-    def __init__(self, cfg: TrainConfig, resume_from: str | os.PathLike | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume_from: str | os.PathLike | None = None,
+                 overwrite: bool = False, allow_data_change: bool = False) -> None:
         self.cfg = cfg
+        self.allow_data_change = allow_data_change
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -179,6 +184,8 @@ class Trainer:
                 raise InputError(f"imports: cannot import {module!r} ({exc})") from None
         self.out = Path(cfg.output)
         self.is_main = self.rank == 0
+        # before the data: says whether masks are needed, and checks the options early
+        self.augment = BatchAugment(cfg.aug, cfg.flip, cfg.aug_options())
 
         self.dataset = self._build_dataset()
         self.num_classes = cfg.num_classes or self.dataset.num_classes
@@ -188,10 +195,9 @@ class Trainer:
         self._build_loader()
         self._build_model()
         self._build_optimization()
-        parser = self._build_parser() if (cfg.masks or "").startswith("parser:") else None
-        options = {"fserasing": cfg.fserasing, "random-erasing": cfg.random_erasing,
-                   "cutout": cfg.cutout}.get(cfg.aug, {})
-        self.augment = BatchAugment(cfg.aug, cfg.flip, options, parser).to(self.device)
+        if (cfg.masks or "").startswith("parser:"):
+            self.augment.parser = self._build_parser()
+        self.augment.to(self.device)
         # per-rank randomness (dropout, negative sampling, augmentation) after the shared init
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed((cfg.seed + self.rank) % 2**32)
@@ -204,9 +210,12 @@ class Trainer:
         self.writer: SummaryWriter | None = None  # opened by train() on rank 0
         self.metrics: Any = None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        # this process's loss since the last metrics row, and its skipped samples (checkpointed)
+        self.loss_sum, self.loss_count, self.skipped = torch.zeros((), device=self.device), 0, 0
+        self.resumed = resume_from is not None
         if resume_from is not None:
             self.load_checkpoint(Path(resume_from) / "checkpoint.pt")
-        elif (self.out / "checkpoint.pt").is_file():
+        elif (self.out / "checkpoint.pt").is_file() and not overwrite:
             raise InputError(f"{self.out} already holds a run: continue it with --resume "
                              f"{self.out}, or give another --out")
 
@@ -280,14 +289,14 @@ class Trainer:
         masks = cfg.masks
         if masks is not None and masks.startswith("parser:"):
             masks = None
-        if cfg.aug == "fserasing" and masks is None and not (cfg.masks or "").startswith(
-                "parser:"):
+        needs_masks = self.augment.needs_masks
+        if needs_masks and masks is None and not (cfg.masks or "").startswith("parser:"):
             if not (Path(cfg.rec) / "anno_list.csv").is_file():
-                raise InputError("--aug fserasing needs --masks (a mask store, a mask folder, an "
+                raise InputError(f"--aug {cfg.aug} needs --masks (a mask store, a mask folder, an "
                                  "(N, H, W) tensor file, or parser:CKPT)")
             masks = "labels"
-            log.info("fserasing masks: the synthetic set's own labels_25 maps")
-        if cfg.aug != "fserasing" and masks is not None:
+            log.info("%s masks: the synthetic set's own labels_25 maps", cfg.aug)
+        if not needs_masks and masks is not None:
             log.info("--masks given but --aug %s does not use them; not loading", cfg.aug)
             masks = None
         return open_dataset(cfg.rec, masks=masks, skip_bad=cfg.skip_bad, size=cfg.image_size,
@@ -312,7 +321,9 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any] | None:
         """The full training state (on rank 0; ``None`` on the others), gathered to CPU."""
         own = _to_cpu({"head": self.head.state_dict(), "optimizer": self._optimizer_state(),
-                       "rng": _rng_state(self.generator, self.device)})
+                       "rng": _rng_state(self.generator, self.device),
+                       "log": {"loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                               "skipped": self.skipped}})
         ranks = [own]
         if self.world_size > 1:
             ranks = [None] * self.world_size if self.is_main else None
@@ -323,6 +334,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "world_size": self.world_size,
+            "data": self.dataset.fingerprint(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "backbone": _to_cpu(self.backbone.state_dict()),
@@ -351,6 +363,7 @@ class Trainer:
         if state["world_size"] != self.world_size:
             raise DataError(f"{path}: written by {state['world_size']} process(es); resume "
                             f"with the same number (got {self.world_size})")
+        self._check_data(path, state.get("data"))
         own = state["ranks"][self.rank]
         self.backbone.load_state_dict(state["backbone"])
         self.head.load_state_dict(own["head"])
@@ -364,10 +377,45 @@ class Trainer:
         if state["scaler"]:  # empty when saved without float16 AMP (e.g. begun on the CPU)
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(own["rng"], self.generator, self.device)
+        if "log" in own:
+            self.loss_sum = own["log"]["loss_sum"].to(self.device)
+            self.loss_count, self.skipped = own["log"]["loss_count"], own["log"]["skipped"]
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         log.info("resumed %s at epoch %d step %d (global step %d)", path, self.epoch,
                  self.step_in_epoch, self.global_step)
+
+    def _check_data(self, path: Path, saved: dict[str, Any] | None) -> None:
+        """Refuse to resume on other data than the run's (``allow_data_change``: other images
+        of as many identities are accepted)."""
+        if saved is None:
+            return
+        now = self.dataset.fingerprint()
+        if saved["identities"] != now["identities"]:
+            raise DataError(f"{path}: the run was trained on {saved['identities']} identities, "
+                            f"{self.cfg.rec} has {now['identities']}; the classifier cannot "
+                            "continue on them: start a new run")
+        if saved != now and not self.allow_data_change:
+            raise DataError(f"{path}: the run was trained on other data ({saved['images']} "
+                            f"images, file-list hash {saved['files'][:12]}; {self.cfg.rec} now "
+                            f"has {now['images']}, hash {now['files'][:12]}); pass "
+                            "--allow-data-change to continue on it")
+
+    def _open_metrics(self) -> Any:
+        """``metrics.jsonl`` for appending; a resumed run drops the rows logged after its
+        checkpoint (they are logged again), a new run starts it empty."""
+        path = self.out / "metrics.jsonl"
+        if not self.resumed or not path.is_file():
+            return open(path, "w")  # noqa: SIM115 - closed by train()
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.global_step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        path.write_text("".join(kept))
+        return open(path, "a")  # noqa: SIM115 - closed by train()
 
     # -- training --------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -418,12 +466,14 @@ class Trainer:
         self.model.train()
         self.head.train()
         last: dict[str, Any] = {}
-        skipped = 0
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for tmp in remove_stale_temporaries(self.out, ("checkpoint.pt", "model.pt")):
+                log.info("removed %s, left by an interrupted save", tmp)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step or None)
-            self.metrics = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - closed below
+            self.writer = SummaryWriter(str(self.out / "tb"),
+                                        purge_step=self.global_step + 1 if self.resumed else None)
+            self.metrics = self._open_metrics()
         try:
             while self.epoch < cfg.num_epoch:
                 self.sampler.set_position(self.epoch, self.step_in_epoch * cfg.batch_size)
@@ -431,22 +481,20 @@ class Trainer:
                            initial=self.step_in_epoch * cfg.batch_size * self.world_size,
                            desc=f"epoch {self.epoch + 1}/{cfg.num_epoch}", unit="img",
                            unit_scale=True, disable=not self.is_main, dynamic_ncols=True)
-                running = torch.zeros((), device=self.device)
-                n_loss, seen, tic = 0, 0, time.perf_counter()
+                seen, tic = 0, time.perf_counter()
                 for batch in self.loader:
-                    skipped += batch["skipped"]
-                    running += self.train_step(batch)
-                    n_loss += 1
+                    self.skipped += batch["skipped"]
+                    self.loss_sum += self.train_step(batch)
+                    self.loss_count += 1
                     seen += cfg.batch_size * self.world_size
                     self.step_in_epoch += 1
                     self.global_step += 1
                     bar.update(cfg.batch_size * self.world_size)
                     end_of_epoch = self.step_in_epoch == self.steps_per_epoch
                     if self.global_step % cfg.frequent == 0 or end_of_epoch:
-                        last = self._log(running, n_loss, seen, time.perf_counter() - tic, bar,
-                                         skipped)
-                        running.zero_()
-                        n_loss, seen, tic = 0, 0, time.perf_counter()
+                        last = self._log(seen, time.perf_counter() - tic, bar)
+                        self.loss_sum.zero_()
+                        self.loss_count, seen, tic = 0, 0, time.perf_counter()
                     if end_of_epoch:
                         self.epoch, self.step_in_epoch = self.epoch + 1, 0
                     if self.global_step % cfg.verbose == 0 or self.global_step == self.total_steps:
@@ -463,18 +511,17 @@ class Trainer:
                 self.writer.close()
             if self.metrics is not None:
                 self.metrics.close()
-        if skipped:
-            log.warning("skipped %d bad samples (--skip-bad)", skipped)
-        last["skipped"] = skipped
+        if self.skipped:
+            log.warning("skipped %d bad samples (--skip-bad)", self.skipped)
+        last["skipped"] = self.skipped
         return last
 
-    def _log(self, running: torch.Tensor, n_loss: int, seen: int, seconds: float, bar: tqdm,
-             skipped: int) -> dict[str, Any]:
-        loss = float(running) / max(n_loss, 1)  # one device sync per log interval
+    def _log(self, seen: int, seconds: float, bar: tqdm) -> dict[str, Any]:
+        loss = float(self.loss_sum) / max(self.loss_count, 1)  # one device sync per interval
         lr = self.scheduler.get_last_lr()[0]
         speed = seen / max(seconds, 1e-9)
         row = {"step": self.global_step, "epoch": self.epoch, "loss": loss, "lr": lr,
-               "samples_per_s": speed, "skipped": skipped}
+               "samples_per_s": speed, "skipped": self.skipped}
         if self.is_main:
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
             if self.writer is not None:

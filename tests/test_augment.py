@@ -11,10 +11,10 @@ from fserasing.augment import (
     BatchCutout,
     BatchRandomErasing,
     flip_batch,
-    normalise,
 )
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
+from parsing.core.pixels import normalise
 from parsing.parser.transforms import RandomHorizontalFlip
 
 
