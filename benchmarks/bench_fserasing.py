@@ -12,7 +12,8 @@ Three comparisons, each measured side by side in this one process, interleaved a
    noise): ``reference_loop`` keeps the published code's structure (a one-hot map of every
    class per image, a full-size noise image per chosen class, ``torch.where``);
    ``lean_loop`` is the same algorithm written tightly (one ``isin`` per image, noise only for
-   the erased pixels).
+   the erased pixels). ``erase_batch_inplace`` is ``erase_batch(..., inplace=True)`` on a
+   batch of its own (as a training loop erases the batch it got from the loader).
 2. ``FSErasing`` per image (the DataLoader-worker path, one thread) vs
    ``torchvision.transforms.v2.RandomErasing`` per image.
 3. ``erase_batch`` and a reused ``BatchFSErasing`` module (what a training loop holds) as a
@@ -151,22 +152,27 @@ def compare(cases: dict[str, Callable[[], object]], repeats: int,
 def batched_comparison(images: torch.Tensor, masks: torch.Tensor, device: torch.device,
                        n_erase: tuple[int, int], repeats: int,
                        sync: Callable[[], None]) -> dict[str, object]:
-    """Comparison 1: ``erase_batch`` vs the two per-sample loops (on the CPU, as in a
-    Dataset), and the speed-up over each."""
+    """Comparison 1: ``erase_batch`` (and in place) vs the two per-sample loops (on the CPU,
+    as in a Dataset), and the speed-up over each."""
     dev_images, dev_masks = images.to(device), masks.to(device)
+    own_batch = dev_images.clone()
     dev_g = torch.Generator(device=device).manual_seed(0)
     options = {"p": 1.0, "n_erase": n_erase, "fill": "random", "generator": dev_g}
     cases = {
         "reference_loop": lambda: reference_loop(images, masks, n_erase),
         "lean_loop": lambda: lean_loop(images, masks, n_erase),
         "erase_batch": lambda: erase_batch(dev_images, dev_masks, **options),
+        "erase_batch_inplace": lambda: erase_batch(own_batch, dev_masks, inplace=True, **options),
     }
     if device.type != "cpu":
         cases["reference_loop_on_device"] = lambda: reference_loop(dev_images, dev_masks, n_erase)
     batched: dict[str, object] = compare(cases, repeats, sync)
-    for name in sorted(cases.keys() - {"erase_batch"}):
+    ours = ("erase_batch", "erase_batch_inplace")
+    for name in sorted(cases.keys() - set(ours)):
         batched[f"speedup_vs_{name}"] = (batched[name]["median_s"]
                                          / batched["erase_batch"]["median_s"])
+        batched[f"inplace_speedup_vs_{name}"] = (batched[name]["median_s"]
+                                                 / batched["erase_batch_inplace"]["median_s"])
     return batched
 
 

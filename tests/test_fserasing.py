@@ -281,6 +281,22 @@ def test_random_fills_equal_a_pixel_by_pixel_reference_for_the_same_draws(fill, 
         assert torch.equal(out, _reference_random_fill(images, masks, erasure, fill))
 
 
+@pytest.mark.parametrize("fill", FILLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_inplace_erases_the_given_batch_with_the_same_result(fill, dtype):
+    images, masks = _faces(4, 20, seed=6)
+    images = (images * 60 + 128).clamp(0, 255).to(dtype) if dtype == torch.uint8 else images
+    options = {"p": 1.0, "n_erase": (1, 4), "fill": fill}
+    want = erase_batch(images, masks, generator=torch.Generator().manual_seed(7), **options)
+    batch = images.clone()
+    got = erase_batch(batch, masks, generator=torch.Generator().manual_seed(7), inplace=True,
+                      **options)
+    assert got.data_ptr() == batch.data_ptr() and not torch.equal(got, images)
+    assert torch.equal(got, want)
+    module = BatchFSErasing(generator=torch.Generator().manual_seed(7), inplace=True, **options)
+    assert torch.equal(module(images.clone(), masks), want)
+
+
 def test_random_fills_have_the_documented_statistics():
     images, masks = _faces(64, 32)
     g = torch.Generator().manual_seed(0)
