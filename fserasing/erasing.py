@@ -504,11 +504,18 @@ def _pixel_indices(where: torch.Tensor) -> torch.Tensor:
 
 def _put_pixels(out: torch.Tensor, pixels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Write ``values`` (n, C) into (B, C, H, W) ``out`` in place at ``pixels``, flat
-    (b, h, w) indices (as from :func:`_pixel_indices`); return ``out``."""
-    c, hw = out.shape[1], out.shape[2] * out.shape[3]
-    first = pixels + pixels // hw * ((c - 1) * hw)  # flat index of channel 0 in (B, C, H, W)
-    channel = torch.arange(0, c * hw, hw, device=out.device)
-    return out.put_(first[:, None] + channel, values)
+    (b, h, w) indices (as from :func:`_pixel_indices`); return ``out``. Plain index
+    assignment (no ``put_``, which ``torch.use_deterministic_algorithms`` forbids)."""
+    c, h, w = out.shape[1:]
+    if out.is_contiguous():
+        first = pixels + pixels // (h * w) * ((c - 1) * h * w)  # channel 0 in (B, C, H, W)
+        out.view(-1)[first[:, None] + torch.arange(0, c * h * w, h * w, device=out.device)] = (
+            values)
+    elif out.is_contiguous(memory_format=torch.channels_last):
+        out.permute(0, 2, 3, 1).view(-1, c)[pixels] = values
+    else:
+        out[pixels // (h * w), :, pixels // w % h, pixels % w] = values
+    return out
 
 
 def _fill_by_class(out: torch.Tensor, masks: torch.Tensor, region: torch.Tensor,

@@ -268,12 +268,15 @@ def _reference_random_fill(images, masks, erasure, fill):
 
 @pytest.mark.parametrize("fill", ["random", "random_1", "random_mix"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 def test_random_fills_equal_a_pixel_by_pixel_reference_for_the_same_draws(fill, dtype, layout):
     images, masks = _faces(6, 24, seed=5)
     images = (images * 60 + 128).clamp(0, 255).to(dtype) if dtype == torch.uint8 else \
         images.to(dtype)
-    images = images.contiguous(memory_format=layout)
+    if layout == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # W-major: neither layout; copies keep these strides
+        images = images.transpose(2, 3).contiguous().transpose(2, 3)
     for mask_dtype in (torch.uint8, torch.int64):
         eraser = RegionEraser(p=0.8, n_erase=(1, 4), fill=fill)
         out, erasure = eraser(images, masks.to(mask_dtype), torch.Generator().manual_seed(3))
@@ -295,6 +298,20 @@ def test_inplace_erases_the_given_batch_with_the_same_result(fill, dtype):
     assert torch.equal(got, want)
     module = BatchFSErasing(generator=torch.Generator().manual_seed(7), inplace=True, **options)
     assert torch.equal(module(images.clone(), masks), want)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_every_fill_runs_under_deterministic_algorithms(inplace):
+    images, masks = _faces(3, 16, seed=8)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for fill in FILLS:
+            out = erase_batch(images.clone(), masks, p=1.0, n_erase=3, fill=fill,
+                              generator=torch.Generator().manual_seed(0), inplace=inplace)
+            assert out.shape == images.shape
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def test_random_fills_have_the_documented_statistics():
