@@ -12,13 +12,19 @@ Three comparisons, each measured side by side in this one process, interleaved a
    noise): ``reference_loop`` keeps the published code's structure (a one-hot map of every
    class per image, a full-size noise image per chosen class, ``torch.where``);
    ``lean_loop`` is the same algorithm written tightly (one ``isin`` per image, noise only for
-   the erased pixels).
+   the erased pixels). ``erase_batch_inplace`` is ``erase_batch(..., inplace=True)`` on a
+   batch of its own (as a training loop erases the batch it got from the loader).
 2. ``FSErasing`` per image (the DataLoader-worker path, one thread) vs
    ``torchvision.transforms.v2.RandomErasing`` per image.
 3. ``erase_batch`` and a reused ``BatchFSErasing`` module (what a training loop holds) as a
    share of one training step (forward, backward, SGD) of the
    recognition backbone at the same batch: ``recognition.create_backbone(--network)`` when
    that package provides it, otherwise torchvision's resnet34 as a stand-in (reported).
+
+``--allocator both`` runs comparison 1 twice more, in two fresh child processes: one with the
+glibc allocator setting of reference §8 and one without it (glibc reads it at start-up, so it
+cannot change inside a process); ``batched_by_allocator`` holds both. Use ``--threads 1``
+for the DataLoader-worker setting.
 
 On a GPU (``--device cuda``) every timed call ends with ``torch.cuda.synchronize``; the loops
 of comparison 1 run on the CPU as in a Dataset, and once more on the GPU tensors
@@ -34,6 +40,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +56,8 @@ from parsing.core.labels import FSE25
 
 FACE = torch.tensor(FSE25.groups["face"])
 ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+ALLOCATOR_SETTING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000",
+                     "MALLOC_TOP_PAD_": "1073741824"}  # reference §8
 
 
 def face_like_masks(b: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -123,15 +133,60 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 
 def compare(cases: dict[str, Callable[[], object]], repeats: int,
             sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
-    """Interleaved timing: one call of each case per round, after one warm-up call each."""
+    """Interleaved timing: one call of each case per round, after one warm-up call each.
+    Wall time (median, min) and the process's CPU time (median) per case."""
     for fn in cases.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            start_cpu = time.process_time()
             times[name].append(timed(fn, sync))
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t),
+                   "median_cpu_s": statistics.median(cpu[name]), "repeats": len(t)}
             for name, t in times.items()}
+
+
+def batched_comparison(images: torch.Tensor, masks: torch.Tensor, device: torch.device,
+                       n_erase: tuple[int, int], repeats: int,
+                       sync: Callable[[], None]) -> dict[str, object]:
+    """Comparison 1: ``erase_batch`` (and in place) vs the two per-sample loops (on the CPU,
+    as in a Dataset), and the speed-up over each."""
+    dev_images, dev_masks = images.to(device), masks.to(device)
+    own_batch = dev_images.clone()
+    dev_g = torch.Generator(device=device).manual_seed(0)
+    options = {"p": 1.0, "n_erase": n_erase, "fill": "random", "generator": dev_g}
+    cases = {
+        "reference_loop": lambda: reference_loop(images, masks, n_erase),
+        "lean_loop": lambda: lean_loop(images, masks, n_erase),
+        "erase_batch": lambda: erase_batch(dev_images, dev_masks, **options),
+        "erase_batch_inplace": lambda: erase_batch(own_batch, dev_masks, inplace=True, **options),
+    }
+    if device.type != "cpu":
+        cases["reference_loop_on_device"] = lambda: reference_loop(dev_images, dev_masks, n_erase)
+    batched: dict[str, object] = compare(cases, repeats, sync)
+    ours = ("erase_batch", "erase_batch_inplace")
+    for name in sorted(cases.keys() - set(ours)):
+        batched[f"speedup_vs_{name}"] = (batched[name]["median_s"]
+                                         / batched["erase_batch"]["median_s"])
+        batched[f"inplace_speedup_vs_{name}"] = (batched[name]["median_s"]
+                                                 / batched["erase_batch_inplace"]["median_s"])
+    return batched
+
+
+def batched_in_child(allocator: bool) -> dict[str, object]:
+    """Comparison 1 in a fresh process with (or without) the allocator setting, same args."""
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS}
+    if allocator:
+        env.update(ALLOCATOR_SETTING)
+    args = [a for a in sys.argv[1:] if a not in ("--allocator", "both")]
+    if "--json" in args:
+        del args[args.index("--json"):args.index("--json") + 2]
+    run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fserasing", *args,
+                          "--only-batched"], env=env, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout)
 
 
 def training_step_model(device: torch.device, network: str = "iresnet34", **kwargs
@@ -163,6 +218,10 @@ def main() -> None:
     parser.add_argument("--fp16", action="store_true",
                         help="comparison 3 in mixed precision (CUDA: float16 + GradScaler)")
     parser.add_argument("--channels-last", action="store_true", help="comparison 3")
+    parser.add_argument("--allocator", choices=("inherit", "both"), default="inherit",
+                        help="both: comparison 1 again in child processes with and without "
+                             "the allocator setting of reference §8")
+    parser.add_argument("--only-batched", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -183,22 +242,17 @@ def main() -> None:
 
     # 1. batched vs per-sample loops (the loops run on the CPU, as in a Dataset)
     dev_images, dev_masks = images.to(device), masks.to(device)
-    dev_g = torch.Generator(device=device).manual_seed(0)
-    options = {"p": 1.0, "n_erase": n_erase, "fill": "random", "generator": dev_g}
+    options = {"p": 1.0, "n_erase": n_erase, "fill": "random",
+               "generator": torch.Generator(device=device).manual_seed(0)}
     erased = erase_batch(dev_images, dev_masks, **options)
     results["erased_fraction"] = float((erased != dev_images).any(1).float().mean())
-    cases = {
-        "reference_loop": lambda: reference_loop(images, masks, n_erase),
-        "lean_loop": lambda: lean_loop(images, masks, n_erase),
-        "erase_batch": lambda: erase_batch(dev_images, dev_masks, **options),
-    }
-    if device.type != "cpu":
-        cases["reference_loop_on_device"] = lambda: reference_loop(dev_images, dev_masks, n_erase)
-    batched = compare(cases, args.repeats, sync)
-    for name in sorted(cases.keys() - {"erase_batch"}):
-        batched[f"speedup_vs_{name}"] = (batched[name]["median_s"]
-                                         / batched["erase_batch"]["median_s"])
-    results["batched"] = batched
+    results["batched"] = batched_comparison(images, masks, device, n_erase, args.repeats, sync)
+    if args.only_batched:
+        print(json.dumps(results["batched"]))
+        return
+    if args.allocator == "both":
+        results["batched_by_allocator"] = {
+            "with_setting": batched_in_child(True), "without_setting": batched_in_child(False)}
 
     # 2. per image, one thread (as in DataLoader workers)
     torch.set_num_threads(1)

@@ -15,6 +15,7 @@ from fserasing.masks import (
     MaskedImageFolder,
     MaskFolder,
     MaskSource,
+    MaskStoreSource,
     MaskTensor,
     open_mask_source,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "MaskCallable",
     "MaskFolder",
     "MaskSource",
+    "MaskStoreSource",
     "MaskTensor",
     "MaskedImageFolder",
     "RegionEraser",

@@ -63,7 +63,11 @@ class NoErasing(nn.Module):
 @register_augmentation("fserasing")
 class FSErasingAugment(BatchFSErasing):
     """:class:`fserasing.BatchFSErasing` drawing from the caller's generator; options as in
-    :class:`fserasing.RegionEraser`, where a YAML/CLI ``n_erase`` ``[lo, hi]`` is a range."""
+    :class:`fserasing.RegionEraser`, where a YAML/CLI ``n_erase`` ``[lo, hi]`` is a range.
+
+    It erases the batch it is given in place (:class:`BatchAugment` hands it a freshly
+    normalised batch), which keeps the CPU step free of a full-batch allocation.
+    """
 
     needs_masks = True
 
@@ -76,7 +80,7 @@ class FSErasingAugment(BatchFSErasing):
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.eraser(images, masks, generator)[0]
+        return self.eraser(images, masks, generator, inplace=True)[0]
 
 
 register_augmentation("random-erasing")(BatchRandomErasing)

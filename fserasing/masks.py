@@ -1,7 +1,10 @@
 """Where a dataset's parsing masks come from, and an ImageFolder that pairs them with images.
 
-Three sources, chosen by :func:`open_mask_source`:
+Four sources, chosen by :func:`open_mask_source`:
 
+* a mask store ``masks.rec``/``masks.idx`` (:mod:`parsing.core.maskstore`, written by
+  ``python -m parsing.predict --store``), given as the ``.rec`` file or its folder, keyed by
+  the images' RecordIO keys or relative paths: :class:`MaskStoreSource` (what to use at scale);
 * a folder of label PNGs at the images' relative paths with a ``.png`` suffix (what
   ``python -m parsing.predict`` writes; two images that would share one mask, ``a.jpg`` and
   ``a.png``, are refused): :class:`MaskFolder`;
@@ -26,10 +29,11 @@ from torchvision import datasets, tv_tensors
 from parsing.core.errors import DataError
 from parsing.core.io import load_checkpoint, read_image, read_label_map
 from parsing.core.labels import LabelSet, get_label_set
+from parsing.core.maskstore import STORE_NAME, MaskStore
 from parsing.core.paths import check_unique_keys
 
-__all__ = ["MaskSource", "MaskFolder", "MaskTensor", "MaskCallable", "open_mask_source",
-           "MaskedImageFolder"]
+__all__ = ["MaskSource", "MaskFolder", "MaskStoreSource", "MaskTensor", "MaskCallable",
+           "open_mask_source", "MaskedImageFolder"]
 
 
 class MaskSource:
@@ -44,6 +48,10 @@ class MaskSource:
 
     def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
         """Fail early if the source cannot serve these images (missing files, wrong count)."""
+
+    def check_keys(self, keys: Sequence[str], root: Path) -> None:
+        """:meth:`check_dataset` for images given by their paths relative to ``root``."""
+        self.check_dataset([root / k for k in keys], root)
 
 
 class MaskFolder(MaskSource):
@@ -76,6 +84,41 @@ class MaskFolder(MaskSource):
             raise DataError(
                 f"{self.root}: {len(missing)} of {len(image_paths)} images have no mask "
                 f"(e.g. {shown})")
+
+
+class MaskStoreSource(MaskSource):
+    """Masks from a store (``masks.rec``), found by each image's path relative to the root.
+
+    A RecordIO data set's images are ``root/<key>``, so their relative paths are the keys of
+    a store written for it; an ImageFolder's are the names of a store written for the folder.
+    """
+
+    def __init__(self, store: str | os.PathLike | MaskStore) -> None:
+        self.store = store if isinstance(store, MaskStore) else MaskStore(store)
+
+    def __repr__(self) -> str:
+        return f"MaskStoreSource({self.store!r})"
+
+    @staticmethod
+    def key(image_path: Path, root: Path) -> str:
+        """The store name of an image: its path relative to ``root``, ``/``-separated."""
+        path, prefix = str(image_path), str(root) + os.sep
+        if path.startswith(prefix):  # a string slice: Path.relative_to costs 10 us a sample
+            return path[len(prefix):].replace(os.sep, "/")
+        return Path(image_path).relative_to(root).as_posix()
+
+    def load(self, index: int, image_path: Path, root: Path) -> torch.Tensor:
+        return torch.from_numpy(self.store[self.key(image_path, root)])
+
+    def describe(self, index: int, image_path: Path, root: Path) -> str:
+        return self.store.where(self.key(image_path, root))
+
+    def check_dataset(self, image_paths: Sequence[Path], root: Path) -> None:
+        self.check_keys([self.key(p, root) for p in image_paths], root)
+
+    def check_keys(self, keys: Sequence[str], root: Path) -> None:  # no Path per image
+        self.store.check_keys([k.replace(os.sep, "/") for k in keys] if os.sep != "/" else keys,
+                              str(root))
 
 
 class MaskTensor(MaskSource):
@@ -134,13 +177,16 @@ class MaskCallable(MaskSource):
 
 
 def open_mask_source(masks: Any) -> MaskSource:
-    """A :class:`MaskSource` from a folder, a tensor file, a tensor/ndarray or a callable."""
+    """A :class:`MaskSource` from a mask store (``.rec`` or a folder holding ``masks.rec``), a
+    folder of label PNGs, a tensor file, a tensor/ndarray or a callable."""
     if isinstance(masks, MaskSource):
         return masks
     if isinstance(masks, (torch.Tensor, np.ndarray)):
         return MaskTensor(masks)
     if isinstance(masks, (str, os.PathLike)):
         path = Path(masks)
+        if path.suffix == ".rec" or (path / STORE_NAME).is_file():
+            return MaskStoreSource(path)
         if path.is_dir():
             return MaskFolder(path)
         if path.is_file():
@@ -148,8 +194,9 @@ def open_mask_source(masks: Any) -> MaskSource:
         raise DataError(f"{path}: no such mask folder or mask file")
     if callable(masks):
         return MaskCallable(masks)
-    raise DataError(f"cannot use {type(masks).__name__} as a mask source; give a folder of label "
-                    "PNGs, an (N, H, W) .pt/.npy file or tensor, or a callable")
+    raise DataError(f"cannot use {type(masks).__name__} as a mask source; give a mask store "
+                    "(masks.rec), a folder of label PNGs, an (N, H, W) .pt/.npy file or tensor, "
+                    "or a callable")
 
 
 class MaskedImageFolder(datasets.ImageFolder):

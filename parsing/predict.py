@@ -11,6 +11,14 @@ directory (searched recursively) or a text file listing image paths (relative to
 folder, or absolute). ``--overlay`` also writes colour overlays to ``OUT_overlays/`` (or the
 folder given); ``--sheet PNG`` a contact sheet of the first 16 faces beside their masks.
 OUT must be new or empty (``--overwrite`` writes over what it holds) and apart from the images.
+
+At scale, write a mask store instead of PNGs (:mod:`parsing.parser.prediction`)::
+
+    torchrun --nproc_per_node=8 -m parsing.predict --checkpoint best.pt --images DATA \
+        --store DATA/masks.rec
+
+``--images`` may then also be a ``train.rec`` (or its folder). Each process predicts its
+shards; the same command resumes a killed run without redoing finished shards.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from parsing.core.cli import ArgumentParser, cli_main, device, non_negative_int, positive_int
+from parsing.core.errors import InputError
 from parsing.core.io import list_images, write_label_map
 from parsing.core.paths import check_unique_keys, output_dir, output_file
 from parsing.core.pixels import denormalise
@@ -33,14 +42,20 @@ from parsing.core.progress import progress_bar
 from parsing.core.viz import contact_sheet, overlay
 from parsing.parser.data import BadSample
 from parsing.parser.inference import ImageFiles, Parser, default_device
+from parsing.parser.prediction import predict_store
 
 
 def build_arg_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m parsing.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
-    p.add_argument("--images", required=True, help="image directory or list file")
-    p.add_argument("--out", type=Path, required=True, help="output directory for label PNGs")
+    p.add_argument("--images", required=True, help="image directory or list file (with "
+                   "--store also a train.rec or its folder)")
+    p.add_argument("--out", type=Path, help="output directory for label PNGs")
+    p.add_argument("--store", type=Path, metavar="REC",
+                   help="write a mask store (masks.rec/.idx) instead; torchrun shards it")
+    p.add_argument("--shard-size", type=positive_int, default=10_000,
+                   help="--store: images per shard (the unit of resuming)")
     p.add_argument("--overlay", nargs="?", const=True, default=None, metavar="DIR",
                    help="also write colour overlays (default folder: OUT_overlays)")
     p.add_argument("--sheet", type=Path, default=None, metavar="PNG",
@@ -50,13 +65,25 @@ def build_arg_parser() -> ArgumentParser:
     p.add_argument("--device", type=device, default=default_device())
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, report them")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out (and over an existing --sheet)")
+                   help="write into a non-empty --out (and over an existing --sheet or --store)")
     return p
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
+    if (args.out is None) == (args.store is None):
+        raise InputError("give one of --out (label PNGs) and --store (a mask store)")
+    if args.store is not None:
+        if args.overlay is not None or args.sheet is not None:
+            raise InputError("--overlay and --sheet need --out")
+        summary = predict_store(args.checkpoint, args.images, args.store,
+                                batch_size=args.batch_size, workers=args.workers,
+                                device=args.device, shard_size=args.shard_size,
+                                skip_bad=args.skip_bad, overwrite=args.overwrite)
+        if summary is not None:
+            print(json.dumps(summary))
+        return
     paths, rels = list_images(args.images)
     check_unique_keys(paths, [r.with_suffix("").as_posix() for r in rels],
                       f"--images {args.images}")

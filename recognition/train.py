@@ -77,8 +77,9 @@ def build_arg_parser() -> ArgumentParser:
       help="PartialFC sample rate (1.0 = full softmax)")
     a("--interclass-filtering-threshold", type=probability)
     a("--aug", choices=list_augmentations())
-    a("--masks", help="FSErasing masks: folder of label PNGs, (N,H,W) tensor file, "
-      "parser:CKPT (parse each batch on the device), or 'labels' (a synthetic set's own)")
+    a("--masks", help="FSErasing masks: a mask store (masks.rec from parsing.predict --store), "
+      "folder of label PNGs, (N,H,W) tensor file, parser:CKPT (parse each batch on the "
+      "device), or 'labels' (a synthetic set's own)")
     a("--aug-p", type=probability, help="probability that an image is erased")
     a("--n-erase", help="FSErasing: classes per image, N or LO,HI")
     a("--aug-options", help="JSON options of the chosen augmentation (fserasing: fill, "

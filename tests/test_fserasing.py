@@ -247,6 +247,73 @@ def test_deterministic_fills_match_reference_loop(fill):
         assert torch.equal(out8, ref8.clamp(0, 255).round().to(torch.uint8))
 
 
+def _reference_random_fill(images, masks, erasure, fill):
+    """The random fills written out from the draws: every region pixel, in (b, h, w) order,
+    takes its class's colour (random_1, random_mix) and then every noise pixel its noise row
+    (random, random_mix), both mapped through mean = std = 0.5 for uint8 images."""
+    def convert(z):
+        if images.dtype.is_floating_point:
+            return z.to(images.dtype)
+        return (z * 127.5 + 127.5).round().clamp(0, 255).to(images.dtype)
+
+    out = images.clone().permute(0, 2, 3, 1)  # (B, H, W, C): boolean indexing by pixel
+    if fill in ("random_1", "random_mix"):
+        image = torch.arange(len(masks))[:, None, None].expand_as(masks)
+        colours = convert(erasure.colours)[image, masks.long()]
+        out[erasure.region] = colours[erasure.region]
+    if fill in ("random", "random_mix"):
+        out[erasure.noise_region] = convert(erasure.noise)
+    return out.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("fill", ["random", "random_1", "random_mix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_random_fills_equal_a_pixel_by_pixel_reference_for_the_same_draws(fill, dtype, layout):
+    images, masks = _faces(6, 24, seed=5)
+    images = (images * 60 + 128).clamp(0, 255).to(dtype) if dtype == torch.uint8 else \
+        images.to(dtype)
+    if layout == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # W-major: neither layout; copies keep these strides
+        images = images.transpose(2, 3).contiguous().transpose(2, 3)
+    for mask_dtype in (torch.uint8, torch.int64):
+        eraser = RegionEraser(p=0.8, n_erase=(1, 4), fill=fill)
+        out, erasure = eraser(images, masks.to(mask_dtype), torch.Generator().manual_seed(3))
+        assert erasure.region.any()
+        assert torch.equal(out, _reference_random_fill(images, masks, erasure, fill))
+
+
+@pytest.mark.parametrize("fill", FILLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_inplace_erases_the_given_batch_with_the_same_result(fill, dtype):
+    images, masks = _faces(4, 20, seed=6)
+    images = (images * 60 + 128).clamp(0, 255).to(dtype) if dtype == torch.uint8 else images
+    options = {"p": 1.0, "n_erase": (1, 4), "fill": fill}
+    want = erase_batch(images, masks, generator=torch.Generator().manual_seed(7), **options)
+    batch = images.clone()
+    got = erase_batch(batch, masks, generator=torch.Generator().manual_seed(7), inplace=True,
+                      **options)
+    assert got.data_ptr() == batch.data_ptr() and not torch.equal(got, images)
+    assert torch.equal(got, want)
+    module = BatchFSErasing(generator=torch.Generator().manual_seed(7), inplace=True, **options)
+    assert torch.equal(module(images.clone(), masks), want)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_every_fill_runs_under_deterministic_algorithms(inplace):
+    images, masks = _faces(3, 16, seed=8)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for fill in FILLS:
+            out = erase_batch(images.clone(), masks, p=1.0, n_erase=3, fill=fill,
+                              generator=torch.Generator().manual_seed(0), inplace=inplace)
+            assert out.shape == images.shape
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def test_random_fills_have_the_documented_statistics():
     images, masks = _faces(64, 32)
     g = torch.Generator().manual_seed(0)

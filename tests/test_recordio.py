@@ -8,17 +8,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from parsing.core.errors import DataError, InputError
+from parsing.core.recordio import MAGIC, RecordIOReader, RecordIOWriter, encode_frames, pack, unpack
 from recognition.data.datasets import RecordIOFaces, collate_faces, open_dataset
-from recognition.data.recordio import (
-    MAGIC,
-    RecordIOReader,
-    RecordIOWriter,
-    encode_frames,
-    pack,
-    pack_image_folder,
-    unpack,
-    write_recordio,
-)
+from recognition.data.recordio import pack_image_folder, write_recordio
 from recognition.make_recordio import main
 
 M = struct.pack("<I", MAGIC)

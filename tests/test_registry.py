@@ -105,12 +105,13 @@ def test_fill_mode_registry(scratch):
     class ToyColour(FillMode):
         """One N(0, 1) value per image, drawn after the region."""
 
-        def draw(self, erasure, idx, generator):
-            erasure.colours = torch.randn(idx.shape[0], 1, 1, generator=generator)
+        def draw(self, erasure, masks, generator):
+            erasure.colours = torch.randn(masks.shape[0], 1, 1, generator=generator)
 
-        def apply(self, images, masks, erasure, eraser):
+        def apply(self, images, masks, erasure, eraser, inplace=False):
             value = erasure.colours.view(-1, 1, 1, 1).expand_as(images)
-            return torch.where(erasure.region[:, None], value, images)
+            return torch.where(erasure.region[:, None], value, images,
+                               out=images if inplace else None)
 
     assert list_fill_modes("toy*") == ["toy_colour"]
     masks = torch.zeros(3, 8, 8, dtype=torch.uint8)

@@ -60,6 +60,29 @@ def test_marked_regions_carry_identity_and_the_rest_does_not(regions, classes):
             assert _nearest_identity(images, labels, ids, other) < 0.3, other
 
 
+def test_accessories_never_hide_marked_regions():
+    """Glasses stay off marked eyes and hats off marked hair; unmarked, both are common."""
+    for regions, hidden in ((["eyes"], 23), (["eyes", "around_eyes"], 23), (["hair"], 24)):
+        marked = generate(12, 2, seed=7, identity_regions=regions)[1]
+        plain = generate(12, 2, seed=7, identity_regions=regions, identity_marks=False)[1]
+        assert not (marked == hidden).any(), regions
+        assert (plain == hidden).flatten(1).any(1).sum() >= 3, regions
+
+
+def test_marked_hair_is_worn_the_same_way_in_every_photo():
+    """The hair-of-the-day nuisance (tied back, fringe, hairline, volume) spares marked hair."""
+    day = {"hair_change": 0.95, "hairline_delta": 0.0, "volume_delta": 1.0}
+    changed = 0
+    for identity in range(6):
+        genes, n = face_genes(4, identity, 0, bound_groups(["hair"]), marks=True)
+        other = n._replace(**day)
+        assert np.array_equal(render_face(genes, n).image, render_face(genes, other).image)
+        plain = dict(genes)
+        del plain[MARKS]
+        changed += not np.array_equal(render_face(plain, n).image, render_face(plain, other).image)
+    assert changed >= 4  # without marks the day's hair shows (bald heads excepted)
+
+
 def test_marks_change_the_region_of_an_identity_set_only_through_identity():
     plain = generate(4, 2, seed=6, identity_regions=["eyes"], identity_marks=False)
     marked = generate(4, 2, seed=6, identity_regions=["eyes"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import pickle
 import re
@@ -29,6 +30,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) as (H, W, 3) uint8 RGB; DataError names
+    ``where`` (a record of a ``.rec`` file, say)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.array(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise DataError(f"{where}: undecodable image (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{where}: undecodable image ({exc})") from None
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:

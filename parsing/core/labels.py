@@ -129,6 +129,9 @@ class LabelSet:
             raise LabelError(f"{what}: label maps must be integer, got {t.dtype}")
         if t.numel() == 0:
             return
+        # the common, valid case in one reduction (two for signed ids)
+        if int(t.max()) < self.num_classes and (t.dtype == torch.uint8 or int(t.min()) >= 0):
+            return
         outside = (t < 0) | (t >= self.num_classes)
         if self.ignore_index is not None:
             outside &= t != self.ignore_index

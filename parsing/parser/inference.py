@@ -20,7 +20,7 @@ from parsing.core.pixels import normalise
 from parsing.parser.data import BadSample
 from parsing.parser.models import create_model, fuse_batchnorm
 
-__all__ = ["Parser", "default_device", "model_from_checkpoint"]
+__all__ = ["ImageFiles", "Parser", "default_device", "model_from_checkpoint"]
 
 _REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "num_classes", "label_set")
 

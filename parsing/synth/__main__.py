@@ -33,7 +33,9 @@ def build_parser() -> ArgumentParser:
                    help="unaligned crops: the face smaller, turned and off-centre in the canvas")
     p.add_argument("--identity-regions", default=None, metavar="REGIONS",
                    help="comma-separated FSE-25 classes or groups (e.g. eyes,nose) that alone "
-                   "carry identity; everything else varies per image")
+                   "carry identity; everything else varies per image. Those regions get "
+                   "per-identity marks and are never hidden by glasses (eyes, around_eyes) or "
+                   "hats (hair)")
     p.add_argument("--no-identity-marks", dest="identity_marks", action="store_false",
                    default=None, help="with --identity-regions: keep those regions' natural "
                    "look instead of adding distinctive per-identity colours, patterns and marks")

@@ -15,7 +15,10 @@ sunglasses are glasses (23) and a scarf is clothing (22), what a parser should s
 FSE-25 has no class for a surgical mask or a hand, so their pixels keep the class of the face
 part they cover (the occluder mask tells they are covered). With ``identity_regions`` the
 bound groups also get distinctive per-identity marks (``identity_marks``, see
-:data:`parsing.synth.genes.MARK_GENES`) so a recognizer can tell people from those regions.
+:data:`parsing.synth.genes.MARK_GENES`) so a recognizer can tell people from those regions,
+and nothing hides a marked region: no glasses over marked eyes or around_eyes, no hats and no
+hair-of-the-day changes (tied back, fringe, hairline, volume) over marked hair. Per-image
+pose, expression, light and camera still vary.
 
 Image ``i`` shows identity ``i // images_per_identity`` and depends only on (seed, i), so
 files are byte-identical for any number of worker processes.

@@ -350,7 +350,9 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
         anchors=anchors,
         eye_size=(eye_w, eye_h * squint, _lerp(-0.1, 0.16, eye.tilt)),
         expression=(open_, smile, lift),
-        hair=_hair_style(genes["hair"], n),
+        # a bound, marked head of hair is worn the same way in every photo
+        hair=_hair_style(genes["hair"], n if "hair" not in marks else n._replace(
+            hair_change=0.0, hairline_delta=0.5, volume_delta=0.5)),
     )
     landmarks = _yaw(anchors, yaw, np.array([1.0, 1.0, 10.0, 2.0, 2.0]))
 
@@ -376,8 +378,11 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     _draw_ears(canvas, genes["ears"], geo)
     _draw_face(canvas, genes, n, geo)
     _draw_hair(canvas, geo, marks.get("hair"))
-    _draw_glasses(canvas, genes["glasses"], geo)
-    _draw_headwear(canvas, genes["headwear"], geo)
+    # accessories would hide a marked identity region: glasses the eyes, hats the hair
+    if "eyes" not in marks and "around_eyes" not in marks:
+        _draw_glasses(canvas, genes["glasses"], geo)
+    if "hair" not in marks:
+        _draw_headwear(canvas, genes["headwear"], geo)
     canvas.flush()
     under = None
     if occluder is not None:
@@ -496,6 +501,11 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
                    [x_mid - 1.5, glabella], line_r[0]]), 7),
     ]
     canvas.partition(geo.outline, regions, base=2)
+    if (shadow := marks.get("around_eyes")) is not None:  # eye shadow over both lids
+        for centre, value, suffix in ((e_r, 8, "r"), (e_l, 9, "l")):
+            lid = _ellipse(centre[0], centre[1] - 1.0, ew / 2 + _lerp(2.0, 5.0, shadow.reach),
+                           eh / 2 + _lerp(3.0, 7.0, shadow.height), 20)
+            canvas.fill_inside(lid, value, [(lid, SUB["eye_shadow_" + suffix])], 1.0)
 
     cheek, chin, fore = genes["cheeks"], genes["chin"], genes["forehead"]
     moles = []

@@ -73,7 +73,7 @@ def _marks_palette(rgb: np.ndarray, marks: dict[str, Any]) -> None:
     if (m := marks.get("nose")) is not None:
         paint = _hsv(m.hue, 0.85, 0.85)
         ids = [10, SUB["nose_side"], SUB["nose_ridge"]]
-        rgb[ids] += (paint - rgb[ids]) * _lerp(0.3, 0.65, m.tint)
+        rgb[ids] += (paint - rgb[ids]) * _lerp(0.8, 1.0, m.tint)
         rgb[SUB["nose_spot"]] = _hsv(m.hue + 0.5, 0.75, 0.3)
         rgb[SUB["nose_stud"]] = _hsv(m.stud_hue, 0.45, 0.98)
     if (m := marks.get("mouth")) is not None:
@@ -86,6 +86,9 @@ def _marks_palette(rgb: np.ndarray, marks: dict[str, Any]) -> None:
         hair_rgb = _hsv(m.hue, _lerp(0.15, 0.95, m.sat), _lerp(0.12, 0.95, m.val))
         rgb[21], rgb[SUB["hair_back"]] = hair_rgb, hair_rgb * 0.78
         rgb[SUB["hair_streak"]] = _hsv(m.streak_hue, 0.85, 0.9)
+    if (m := marks.get("around_eyes")) is not None:
+        rgb[[SUB["eye_shadow_r"], SUB["eye_shadow_l"]]] = _hsv(
+            m.hue, _lerp(0.5, 1.0, m.sat), _lerp(0.3, 0.95, m.val))
 
 
 def _occluder_palette(rgb: np.ndarray, occ: Any) -> None:

@@ -17,7 +17,7 @@ _DETAIL = {
 # distinctive marks of identity regions (see parsing.synth.genes.MARK_GENES)
 _MARKS = {
     "iris_ring_r": 11, "iris_ring_l": 12, "brow_tip_r": 13, "brow_tip_l": 14, "nose_spot": 10,
-    "nose_stud": 10, "lip_stud": 19, "hair_streak": 21,
+    "nose_stud": 10, "lip_stud": 19, "hair_streak": 21, "eye_shadow_r": 8, "eye_shadow_l": 9,
 }
 SUB = {name: 32 + i for i, name in enumerate(_DETAIL)} | {
     name: 52 + i for i, name in enumerate(_MARKS)}
@@ -51,7 +51,7 @@ SKIN_WEIGHT = np.zeros(256, np.uint8)
 SKIN_WEIGHT[[*range(1, 11), 15, 16, 20, *range(MOLE + 1, MOLE + 10)]] = 255
 SKIN_WEIGHT[[SUB[k] for k in ("nostril", "nose_side", "nose_ridge", "ear_inner_r",
                               "ear_inner_l", "neck_shadow")]] = 255
-SKIN_WEIGHT[[18, 19]] = 110
+SKIN_WEIGHT[[18, 19, SUB["eye_shadow_r"], SUB["eye_shadow_l"]]] = 110
 
 # Texture weights per sub-label, (256, 4) uint8: background, hair strands, fabric, unused.
 MATERIAL = np.zeros((256, 4), np.uint8)

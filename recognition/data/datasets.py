@@ -10,26 +10,24 @@ of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` a
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from fserasing.masks import MaskFolder, open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
-from parsing.core.io import IMAGE_EXTENSIONS
+from parsing.core.io import IMAGE_EXTENSIONS, decode_image
 from parsing.core.labels import FSE25
+from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.core.registry import Registry
 from parsing.synth import SynthFaces
-from recognition.data.recordio import RecordIOReader
 
 __all__ = [
     "FaceDataset",
@@ -49,13 +47,7 @@ log = logging.getLogger(__name__)
 
 def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
     """Decode JPEG/PNG bytes to a (3, H, W) uint8 RGB tensor; DataError names ``where``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-    except UnidentifiedImageError:
-        raise DataError(f"{where}: undecodable image (no image format recognised)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{where}: undecodable image ({exc})") from None
+    image = torch.from_numpy(decode_image(data, where)).permute(2, 0, 1)
     if size is not None and tuple(image.shape[1:]) != (size, size):
         raise DataError(f"{where}: image is {image.shape[2]}x{image.shape[1]}, expected "
                         f"aligned {size}x{size} faces")
@@ -112,8 +104,7 @@ class FaceDataset(Dataset):
 
     def _check_masks(self) -> None:
         if self.mask_source is not None:
-            self.mask_source.check_dataset([self.image_path(i) for i in range(len(self))],
-                                           self.root)
+            self.mask_source.check_keys(self.keys, self.root)
 
     def _read(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.image_path(index)
@@ -125,15 +116,17 @@ class FaceDataset(Dataset):
 
     def _mask(self, index: int, image: torch.Tensor) -> torch.Tensor:
         path = self.image_path(index)
-        where = self.mask_source.describe(index, path, self.root)
         mask = self.mask_source.load(index, path, self.root)
+        problem = None
         if mask.shape != image.shape[1:]:
-            raise DataError(f"{where}: mask is {tuple(mask.shape)}, image is "
-                            f"{tuple(image.shape[1:])}")
-        try:
-            FSE25.check(mask, where)
-        except LabelError as exc:  # a corrupt data file: skippable like any other
-            raise DataError(str(exc)) from None
+            problem = f"mask is {tuple(mask.shape)}, image is {tuple(image.shape[1:])}"
+        else:
+            try:
+                FSE25.check(mask, "mask")
+            except LabelError as exc:  # a corrupt data file: skippable like any other
+                problem = str(exc).removeprefix("mask: ")
+        if problem is not None:  # where it came from is only worked out for the message
+            raise DataError(f"{self.mask_source.describe(index, path, self.root)}: {problem}")
         return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -210,23 +203,13 @@ class RecordIOFaces(FaceDataset):
         rec = root / "train.rec" if root.is_dir() else root
         self.root = rec.parent
         self.reader = RecordIOReader(rec)
-        header = self.reader.read_header(0)[0] if 0 in self.reader.index else None
+        image_keys, identity_keys = read_layout(self.reader)
         self.expected: np.ndarray | None = None
-        if header is not None and header.flag > 0:
-            if len(header.labels) < 2:
-                raise DataError(f"{self.reader.where(0)}: header record needs two labels (a, b)")
-            first_id, end_id = (int(v) for v in header.labels[:2])
-            image_keys = list(range(1, first_id))
-            self._require_keys(image_keys + list(range(first_id, end_id)))
-            if end_id > first_id:
-                self.num_classes = end_id - first_id
-                self.expected = self._identity_labels(first_id, end_id)
-                labels = self.expected
-            else:  # no identity records: labels from the image records
-                labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
-                self.num_classes = int(labels.max(initial=-1)) + 1
+        if identity_keys:
+            self.num_classes = len(identity_keys)
+            self.expected = self._identity_labels(identity_keys.start, identity_keys.stop)
+            labels = self.expected
         else:
-            image_keys = list(self.reader.keys)
             labels = np.array([self._label(k, None) for k in image_keys], dtype=np.int64)
             self.num_classes = int(labels.max(initial=-1)) + 1
         self._widen_classes(num_classes, rec)
@@ -238,12 +221,6 @@ class RecordIOFaces(FaceDataset):
     @staticmethod
     def detect(path: Path) -> bool:
         return path.suffix == ".rec" or (path / "train.rec").is_file()
-
-    def _require_keys(self, keys: Sequence[int]) -> None:
-        missing = [k for k in keys if k not in self.reader.index]
-        if missing:
-            raise DataError(f"{self.reader.idx_path}: the header record lists keys missing from "
-                            f"the index, e.g. {missing[:5]}")
 
     def _identity_labels(self, first_id: int, end_id: int) -> np.ndarray:
         expected = np.full(first_id - 1, -1, dtype=np.int64)

@@ -292,8 +292,8 @@ class Trainer:
         needs_masks = self.augment.needs_masks
         if needs_masks and masks is None and not (cfg.masks or "").startswith("parser:"):
             if not (Path(cfg.rec) / "anno_list.csv").is_file():
-                raise InputError(f"--aug {cfg.aug} needs --masks (a mask folder, an (N, H, W) "
-                                 "tensor file, or parser:CKPT)")
+                raise InputError(f"--aug {cfg.aug} needs --masks (a mask store, a mask folder, an "
+                                 "(N, H, W) tensor file, or parser:CKPT)")
             masks = "labels"
             log.info("%s masks: the synthetic set's own labels_25 maps", cfg.aug)
         if not needs_masks and masks is not None:
