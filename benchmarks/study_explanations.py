@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, "runs/study_explanations")
     p.add_argument("--sets", default=";".join(DEFAULT_SETS),
-                   help="identity-region sets separated by ';' (default eyes,around_eyes;nose,mouth;hair)")
+                   help="identity-region sets separated by ';' "
+                   "(default eyes,around_eyes;nose,mouth;hair)")
     p.add_argument("--identities", type=int, default=100, help="training identities (x scale)")
     p.add_argument("--images-per-identity", type=int, default=6)
     p.add_argument("--eval-identities", type=int, default=20, help="held-out (x scale)")
