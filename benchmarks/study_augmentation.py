@@ -70,6 +70,7 @@ ARMS = ("none", "random-erasing", "cutout", "fserasing", "fserasing-parser")
 OCCLUDERS = ("sunglasses", "mask", "hand", "scarf")
 ERASED_GROUPS = ("eyes", "nose", "mouth")
 EPOCHS = 8
+COST = {"seconds_per_epoch": "wall s / epoch", "cpu_seconds_per_epoch": "CPU s / epoch"}
 HAS_OCCLUDERS = "occluders" in inspect.signature(write_dataset).parameters
 
 
@@ -270,8 +271,9 @@ def summarise(report: dict, run_seeds: list[int]) -> dict:
             for m in names:
                 row[m]["vs_none"] = paired_difference([per_seed[s][m] for s in run_seeds],
                                                       [table["none"][s][m] for s in run_seeds])
-        row["seconds_per_epoch"] = mean_std([report["arms"][arm]["seeds"][s]["training"]
-                                             ["seconds_per_epoch"] for s in run_seeds])
+        runs = [report["arms"][arm]["seeds"][s]["training"] for s in run_seeds]
+        row["seconds_per_epoch"] = mean_std([r["seconds_per_epoch"] for r in runs])
+        row["cpu_seconds_per_epoch"] = mean_std([r["cpu_seconds"] / r["epochs"] for r in runs])
         summary[arm] = row
     return summary
 
@@ -282,10 +284,13 @@ def write_outputs(report: dict, out: Path) -> None:
     (out / "study.json").write_text(json.dumps(report, indent=1, default=float))
     env, summary = report["environment"], report["summary"]
     arms = list(summary)
-    names = [m for m in summary["none"] if m != "seconds_per_epoch"]
+    names = [m for m in summary["none"] if m not in COST]
+    trainings = [e["seeds"][s]["training"] for e in report["arms"].values() for s in e["seeds"]]
     lines = [f"# Augmentation study\n\n`{env['command']}` — commit {env['commit']}, "
              f"{env['cores']} cores, {env['threads']} threads, wall "
-             f"{report['wall_seconds'] / 60:.1f} min\n"]
+             f"{report['wall_seconds'] / 60:.1f} min (this invocation; the {len(trainings)} "
+             f"trainings took {sum(t['seconds'] for t in trainings) / 60:.1f} min wall, "
+             f"{sum(t['cpu_seconds'] for t in trainings) / 60:.1f} min CPU when they ran)\n"]
     if report.get("parser"):
         lines.append(f"Parser for the fserasing-parser arm: mean F1 "
                      f"{100 * (report['parser'].get('mean_f1') or float('nan')):.1f} over the "
@@ -297,9 +302,8 @@ def write_outputs(report: dict, out: Path) -> None:
     lines.append(markdown_table(
         ["measure", *arms],
         [[m, *(fmt(summary[a][m]["mean"], summary[a][m]["std"]) for a in arms)]
-         for m in names] + [["s / epoch", *(fmt(summary[a]["seconds_per_epoch"]["mean"],
-                                                 summary[a]["seconds_per_epoch"]["std"], 1)
-                                             for a in arms)]]))
+         for m in names] + [[label, *(fmt(summary[a][key]["mean"], summary[a][key]["std"], 1)
+                                      for a in arms)] for key, label in COST.items()]))
     lines.append("## Paired difference to `none` (same seed), 95 % t interval\n")
     rows = []
     for m in names:
@@ -319,7 +323,7 @@ def write_outputs(report: dict, out: Path) -> None:
 def plot_study(report: dict, path: Path) -> None:
     summary = report["summary"]
     arms = list(summary)
-    names = [m for m in summary["none"] if m != "seconds_per_epoch"]
+    names = [m for m in summary["none"] if m not in COST]
     fig = Figure(figsize=(max(10.0, 0.9 * len(names) + 3), 7.5))
     top, bottom = fig.subplots(2, 1)
     width = 0.8 / len(arms)

@@ -349,7 +349,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
             if seed == run_seeds[0]:
                 shuffled = None
                 if args.shuffled == "all" or name == next(iter(sets)):
-                    shuffled_dir, _ = train_recognizer(
+                    shuffled_dir, seed_entry["shuffled_training"] = train_recognizer(
                         root, args.torchrun,
                         rec=str(shuffled_identities(Path(data["train"]), root)), seed=seed,
                         **fields)
@@ -417,10 +417,14 @@ def figure_example(data: dict, results: dict, truth: Tensor | None, out: Path, n
 def write_outputs(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(report, indent=1, default=float))
+    trainings = [seed[key] for e in report["sets"].values() for seed in e["seeds"].values()
+                 for key in ("training", "shuffled_training") if key in seed]
     lines = [f"# Explanation study\n\n`{report['environment']['command']}` — commit "
              f"{report['environment']['commit']}, {report['environment']['cores']} cores, "
              f"{report['environment']['threads']} threads, wall "
-             f"{report['wall_seconds'] / 60:.1f} min\n"]
+             f"{report['wall_seconds'] / 60:.1f} min (this invocation; the {len(trainings)} "
+             f"trained models took {sum(t['seconds'] for t in trainings) / 60:.1f} min wall "
+             "when they ran)\n"]
     occ_rows = []
     rows = []
     for name, entry in report["sets"].items():
