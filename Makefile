@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
 PARSER_EPOCHS ?= 3
-RECOG_EPOCHS ?= 8
+RECOG_EPOCHS ?= 10
+# the demo's faces carry identity only in these regions (parsing.synth --identity-regions)
+ID_REGIONS ?= nose,mouth
+comma := ,
 # glibc would map/unmap every >32 MB tensor (reference §8): keep freed memory instead (1.2-1.8x on CPU).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
@@ -34,9 +37,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	@echo "== 1. synthetic faces with exact 25-class masks"
-	$(PY) -m parsing.synth --out $(DEMO)/synth --identities 40 --images-per-identity 10 \
-		--seed 0 --sheet $(DEMO)/synth_sheet.png
-	$(PY) -m parsing.synth --out $(DEMO)/synth_val --identities 20 --images-per-identity 6 --seed 1
+	$(PY) -m parsing.synth --out $(DEMO)/synth --identities 100 --images-per-identity 6 \
+		--seed 0 --identity-regions $(ID_REGIONS) --sheet $(DEMO)/synth_sheet.png
+	$(PY) -m parsing.synth --out $(DEMO)/synth_val --identities 20 --images-per-identity 6 \
+		--seed 1 --identity-regions $(ID_REGIONS)
 	@echo "== 2. FSErasing under every fill mode"
 	$(PY) -m fserasing --data $(DEMO)/synth --sheet $(DEMO)/fserasing_sheet.png
 	@echo "== 3. train a small face parser, predict masks for the recognition set"
@@ -49,11 +53,12 @@ demo: $(STAMP)
 	@echo "== 4. train a recognizer with FSErasing on the predicted masks"
 	$(PY) -m recognition.train --data $(DEMO)/synth --val synth:$(DEMO)/synth_val \
 		--network mbf --network-kwargs '{"blocks": [1, 2, 3, 1], "scale": 1}' --channels-last \
-		--aug fserasing --masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) --batch-size 32 \
+		--loss cosface --aug fserasing --masks $(DEMO)/masks --epochs $(RECOG_EPOCHS) \
+		--batch-size 32 \
 		--warmup-epochs 1 --workers 1 --val-every 32 --out $(DEMO)/recognition
 	@echo "== 5. evaluation: IJB-C-layout protocol, .bin verification, occlusion per region"
 	$(PY) -m parsing.synth --out $(DEMO)/eval_loose --identities 24 --images-per-identity 6 \
-		--seed 2 --size 160 --loose
+		--seed 2 --size 160 --loose --identity-regions $(ID_REGIONS)
 	$(PY) -m recognition.make_ijbc_protocol --faces $(DEMO)/eval_loose --out $(DEMO)/ijbc
 	$(PY) -m recognition.eval_ijbc --checkpoint $(DEMO)/recognition/model.pt --data $(DEMO)/ijbc \
 		--out $(DEMO)/ijbc_eval --batch-size 32 --workers 0
@@ -62,12 +67,13 @@ demo: $(STAMP)
 	$(PY) -m recognition.eval_verification --checkpoint $(DEMO)/recognition/model.pt \
 		--bin $(DEMO)/synth_ver.bin --out $(DEMO)/verification
 	$(PY) -m recognition.eval_occlusion --checkpoint $(DEMO)/recognition/model.pt \
-		--data $(DEMO)/synth_val --out $(DEMO)/occlusion --pairs 100 --groups eyes,nose,mouth
+		--data $(DEMO)/synth_val --out $(DEMO)/occlusion --pairs 100 --elsewhere \
+		--groups $(subst $(comma),+,$(ID_REGIONS)),eyes,hair
 	@echo "== 6. FS-CAM beside Grad-CAM, RISE and Group-CAM for the trained model"
 	$(PY) -m cam.fscam --image $(DEMO)/synth_val/images/000000.png \
 		--reference $(DEMO)/synth_val/images/000001.png --aligned \
 		--model $(DEMO)/recognition/model.pt --parser $(DEMO)/parser/best.pt \
-		--method all --rise-masks 500 --out $(DEMO)/explain
+		--method all --rise-masks 500 --mark $(ID_REGIONS) --out $(DEMO)/explain
 	@echo "== 7. real photos: detect, align, annotate 25 regions, erase, recolour"
 	$(PY) -m parsing.photos --out $(DEMO)/photos
 	$(PY) -m parsing.annotate --images $(DEMO)/photos --out $(DEMO)/photos_anno \
@@ -77,7 +83,9 @@ demo: $(STAMP)
 	$(PY) -m fserasing --data $(DEMO)/photos_aligned --sheet $(DEMO)/fserasing_photos.png
 	$(PY) -m parsing.edit --image $(DEMO)/photos/astronaut.png --annotate --regions lips \
 		--color "#b01040" --strength 0.8 --out $(DEMO)/astronaut_lips.png
-	@echo "demo outputs are in $(DEMO)/ (see README.md, 'make demo writes')"
+	@echo "== 8. one page of results: $(DEMO)/report.md"
+	$(PY) -m benchmarks.demo_report --demo $(DEMO) --identity-regions $(ID_REGIONS)
+	@echo "demo outputs are in $(DEMO)/ (see README.md, 'make demo writes'; start with report.md)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,6 @@
-"""Faithfulness metrics for any explanation map: deletion and insertion (reference §4.3), and a
-deletion curve over face regions."""
+"""Metrics of explanations: faithfulness of any map (deletion and insertion, reference §4.3, and
+a deletion curve over face regions) and region-level scores against a known set of regions
+(top-k hit rate, ROC-AUC) or against another explanation (Spearman rank correlation)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from cam.targets import Target, as_target
 from parsing.core.errors import InputError
 from parsing.core.labels import LabelSet, get_label_set
 
-__all__ = ["Curve", "deletion", "insertion", "perturbation_curve", "region_deletion"]
+__all__ = ["Curve", "deletion", "insertion", "perturbation_curve", "region_auc",
+           "region_deletion", "spearman", "top_k_hit_rate"]
 
 
 @dataclass
@@ -137,3 +139,89 @@ def region_deletion(model: nn.Module, images: Tensor, label_maps: Tensor,
     fraction = removed.flatten(2).float().mean(dim=2)
     return Curve(fraction.to(images.device), scores.to(images.device),
                  torch.trapezoid(scores, fraction, dim=1).to(images.device), order)
+
+
+# ------------------------------------------------------------------ region-level scoring
+def _region_inputs(scores: Tensor, other: Tensor, valid: Tensor | None, what: str
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, K) float64 scores, ``other`` broadcast to (B, K), and the valid entries: given,
+    else the non-NaN scores."""
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        raise InputError(f"{what}: scores must be a tensor (B, num_regions), got "
+                         f"{tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)}")
+    scores = scores.detach().double()
+    try:
+        other = torch.as_tensor(other, device=scores.device).expand_as(scores)
+        valid = (~scores.isnan() if valid is None else
+                 torch.as_tensor(valid, device=scores.device).bool().expand_as(scores))
+    except RuntimeError:
+        raise InputError(f"{what}: scores {tuple(scores.shape)} and the second argument / valid "
+                         "do not broadcast") from None
+    return scores, other, valid & ~scores.isnan()
+
+
+def top_k_hit_rate(region_scores: Tensor, truth: Tensor, k: int | None = None,
+                   valid: Tensor | None = None) -> Tensor:
+    """Share of the ``k`` highest-scored regions that are true regions, per image -> (B,).
+
+    ``region_scores`` (B, K); ``truth`` (K,) or (B, K) bool, the known regions; ``valid``
+    (B, K) bool, the regions to rank (default: the non-NaN scores, i.e. regions present).
+    ``k`` defaults to the number of valid true regions of each image (then 1.0 means the true
+    regions are exactly the top ones). Ties at the k-th score count as a random tie-break
+    would on average: the free slots are shared over the tied regions, so a constant score
+    gets the chance rate. NaN for an image with no valid true region (or ``k`` = 0).
+    """
+    scores, truth, valid = _region_inputs(region_scores, truth, valid, "top_k_hit_rate")
+    truth = truth.bool() & valid
+    kk = truth.sum(1).double() if k is None else torch.full_like(scores[:, 0], float(k))
+    kk = torch.minimum(kk, valid.sum(1).double())
+    ranked = torch.where(valid, scores, float("-inf"))
+    kth = ranked.sort(dim=1, descending=True).values.gather(
+        1, (kk.long() - 1).clamp(min=0)[:, None])
+    above, at = valid & (ranked > kth), valid & (ranked == kth)
+    slots = kk - above.sum(1)
+    hits = (above & truth).sum(1) + slots * (at & truth).sum(1) / at.sum(1).clamp(min=1)
+    return torch.where((kk > 0) & truth.any(1), hits / kk.clamp(min=1), float("nan"))
+
+
+def region_auc(region_scores: Tensor, truth: Tensor, valid: Tensor | None = None) -> Tensor:
+    """ROC-AUC of region scores against the true-region indicator, per image -> (B,).
+
+    The probability that a true region outscores a false one, ties counting 1/2
+    (Mann-Whitney U / (n_true n_false)), over the ``valid`` regions (default: non-NaN).
+    NaN where an image has no valid true or no valid false region.
+    """
+    scores, truth, valid = _region_inputs(region_scores, truth, valid, "region_auc")
+    pos, neg = truth.bool() & valid, ~truth.bool() & valid
+    pairs = pos[:, :, None] & neg[:, None, :]
+    wins = (scores[:, :, None] > scores[:, None, :]).double() + \
+        0.5 * (scores[:, :, None] == scores[:, None, :]).double()
+    n = pairs.sum(dim=(1, 2)).double()
+    return torch.where(n > 0, (wins * pairs).sum(dim=(1, 2)) / n.clamp(min=1), float("nan"))
+
+
+def _average_ranks(values: Tensor, valid: Tensor) -> Tensor:
+    """Ranks 1..n among the valid entries of each row, ties sharing their mean rank."""
+    v = valid[:, None, :]
+    below = ((values[:, None, :] < values[:, :, None]) & v).sum(2).double()
+    equal = ((values[:, None, :] == values[:, :, None]) & v).sum(2).double()
+    return below + (equal + 1) / 2
+
+
+def spearman(a: Tensor, b: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Spearman rank correlation of two region-score vectors per image: (B, K), (B, K) -> (B,).
+
+    Average ranks for ties (as ``scipy.stats.spearmanr``) over the entries valid in both
+    (default: non-NaN in both). NaN where fewer than two entries are valid or one side is
+    constant.
+    """
+    a, b, valid = _region_inputs(a, b, valid, "spearman")
+    b = b.double()
+    valid = valid & ~b.isnan()
+    ra, rb = _average_ranks(a, valid), _average_ranks(b, valid)
+    n = valid.sum(1).double().clamp(min=1)
+    ra = torch.where(valid, ra - (ra * valid).sum(1, keepdim=True) / n[:, None], 0.0)
+    rb = torch.where(valid, rb - (rb * valid).sum(1, keepdim=True) / n[:, None], 0.0)
+    denominator = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
+    return torch.where(denominator > 0, (ra * rb).sum(1) / denominator.clamp(min=1e-300),
+                       float("nan"))

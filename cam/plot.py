@@ -79,9 +79,11 @@ def region_bars(region_scores: Tensor, label_set: str | LabelSet = "fse25",
 def compare(image: Tensor | np.ndarray, maps: Mapping[str, Tensor],
             region_scores: Mapping[str, Tensor] | None = None, label_map: Tensor | None = None,
             label_set: str | LabelSet = "fse25", top: int | None = 12, title: str | None = None,
-            path: str | os.PathLike | None = None) -> Figure:
+            path: str | os.PathLike | None = None, marked: Tensor | None = None) -> Figure:
     """Methods side by side: the face (and its colour-coded label map), one overlay per method,
-    and under each overlay that method's region bars when ``region_scores`` are given."""
+    and under each overlay that method's region bars when ``region_scores`` are given.
+    ``marked`` (H, W) bool, e.g. the true identity regions, is outlined in white on every
+    image, and ``label_map`` regions that touch it get a ``*`` in the bars."""
     label_set = get_label_set(label_set)
     lead = 2 if label_map is not None else 1
     cols = lead + len(maps)
@@ -97,11 +99,23 @@ def compare(image: Tensor | np.ndarray, maps: Mapping[str, Tensor],
         parsed.imshow(label_set.colorize(label_map))
         parsed.set_axis_off()
         parsed.set_title("regions", fontsize=9)
+    images = [face, *([parsed] if label_map is not None else [])]
     for i, (name, saliency) in enumerate(maps.items()):
-        overlay(image, saliency, ax=fig.add_subplot(grid[0, lead + i]), title=name)
+        images.append(fig.add_subplot(grid[0, lead + i]))
+        overlay(image, saliency, ax=images[-1], title=name)
         if region_scores and name in region_scores:
-            region_bars(region_scores[name], label_set, ax=fig.add_subplot(grid[1, lead + i]),
-                        top=top)
+            bars = fig.add_subplot(grid[1, lead + i])
+            region_bars(region_scores[name], label_set, ax=bars, top=top)
+            if marked is not None and label_map is not None:
+                starred = {label_set.names[k] for k in
+                           torch.as_tensor(label_map)[torch.as_tensor(marked).bool()].unique()}
+                bars.set_yticks(bars.get_yticks(), [
+                    t.get_text() + (" *" if t.get_text() in starred else "")
+                    for t in bars.get_yticklabels()], fontsize=7)
+    if marked is not None:
+        outline = torch.as_tensor(marked).detach().cpu().float().numpy()
+        for ax in images:
+            ax.contour(outline, levels=[0.5], colors="white", linewidths=1.2)
     if title:
         fig.suptitle(textwrap.fill(title, width=int(16 * cols)), fontsize=9)
     fig.tight_layout()

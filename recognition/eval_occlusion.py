@@ -5,9 +5,12 @@ Samples verification pairs (half genuine) from an identity-labelled set of align
 faces with FSE-25 parsing masks, then erases one region group at a time (eyes, nose,
 mouth, ...) in the probe image of every pair (``fserasing.erase_batch`` with explicit
 classes) and measures how verification degrades: 10-fold accuracy (reference §5.5), TAR at FAR
-1e-2 / 1e-1 and AUC, beside the unoccluded baseline. ``DIR`` is a ``parsing.synth`` data set
-(masks included) or, with ``--masks`` (a mask folder of ``parsing.predict`` or anything
-``fserasing.open_mask_source`` reads), an ImageFolder with one folder per identity.
+1e-2 / 1e-1 and AUC, beside the unoccluded baseline. A group may join names with ``+``
+(``eyes+nose``: erased together); ``--elsewhere`` adds, for each group, the control that
+erases the same pixel area per probe in other face regions chosen at random. ``DIR`` is a
+``parsing.synth`` data set (masks included) or, with ``--masks`` (a mask folder of
+``parsing.predict`` or anything ``fserasing.open_mask_source`` reads), an ImageFolder with
+one folder per identity.
 Writes ``occlusion.json``, ``occlusion.csv`` and the bar chart ``occlusion.png``.
 """
 
@@ -26,12 +29,12 @@ import torch
 from fserasing import list_fill_modes
 from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
 from parsing.core.errors import InputError
-from parsing.core.labels import FSE25
 from parsing.core.paths import output_dir
 from recognition.evaluation.embedding import add_backbone_arguments, load_backbone
 from recognition.evaluation.occlusion import (
     DEFAULT_GROUPS,
     OCCLUSION_FARS,
+    group_ids,
     occlusion_table,
     open_faces,
     read_faces,
@@ -53,7 +56,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pairs", type=positive_int, default=1000,
                    help="verification pairs (half genuine)")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
-                   help="comma-separated FSE-25 groups or classes, one erased at a time")
+                   help="comma-separated FSE-25 groups or classes, one erased at a time; "
+                   "join names with + to erase them together (eyes+nose)")
+    p.add_argument("--elsewhere", action="store_true",
+                   help="also erase, per group, the same pixel area in other face regions "
+                   "(random whole regions, the last cut to size): the matched-area control")
     p.add_argument("--fill", default="random", choices=list_fill_modes(),
                    help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     for g in groups:
-        FSE25.ids(g)  # unknown names raise a LabelError naming them
+        group_ids(g)  # unknown names raise a LabelError naming them
     if args.pairs < 20:
         raise InputError(f"--pairs must be at least 20 (10 folds), got {args.pairs}")
     dataset, identities = open_faces(args.data, args.masks)
@@ -85,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
     table = occlusion_table(model, gallery, probes, probe_masks, issame, groups, args.fill,
-                            args.batch_size, not args.no_flip, args.seed, device)
+                            args.batch_size, not args.no_flip, args.seed, device,
+                            args.elsewhere)
     summary = {"checkpoint": args.checkpoint, "network": args.network, "data": args.data,
-               "pairs": args.pairs, "fill": args.fill, "seed": args.seed, "table": table}
+               "pairs": args.pairs, "fill": args.fill, "seed": args.seed,
+               "elsewhere": args.elsewhere, "table": table}
     (out / "occlusion.json").write_text(json.dumps(summary, indent=2))
     keys = [far_key(f) for f in OCCLUSION_FARS]
     with open(out / "occlusion.csv", "w", newline="") as f:
@@ -99,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                              *[e["tar_at_far"][k] for k in keys], e["auc"]])
     plot_occlusion(table, out / "occlusion.png", f"{args.network or Path(args.checkpoint).name}"
                    f": one region group erased in the probe ({args.pairs} pairs)")
-    print(f"{'erased':12s}{'area %':>8s}{'accuracy %':>16s}"
+    width = max(12, *(len(g) + 2 for g in table))
+    print(f"{'erased':{width}s}{'area %':>8s}{'accuracy %':>16s}"
           + "".join(f"{'TAR@' + k:>12s}" for k in keys) + f"{'AUC %':>8s}")
     for group, e in table.items():
         accuracy = f"{100 * e['accuracy']:.2f} ± {100 * e['std']:.2f}"
-        print(f"{group:12s}{100 * e['erased_area']:8.1f}{accuracy:>16s}"
+        print(f"{group:{width}s}{100 * e['erased_area']:8.1f}{accuracy:>16s}"
               + "".join(f"{100 * e['tar_at_far'][k]:12.2f}" for k in keys)
               + f"{100 * e['auc']:8.2f}")
 

@@ -507,6 +507,11 @@ def test_plots_return_figures_and_write_png(tmp_path):
     fig = plot.compare(image, {"a": torch.rand(32, 32), "b": torch.rand(32, 32)},
                        {"a": scores}, label_map=labels, path=tmp_path / "cmp.png")
     assert len(fig.axes) == 5
+    fig = plot.compare(image, {"a": torch.rand(32, 32)}, {"a": scores}, label_map=labels,
+                       marked=labels == 10)
+    assert [len(ax.collections) for ax in fig.axes[:3]] == [1, 1, 1]  # outlined on each image
+    assert [t.get_text() for t in fig.axes[3].get_yticklabels()] == \
+        ["nose *", "background", "hair"]
     for name in ("bars", "overlay", "cmp"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -541,7 +546,8 @@ def test_cli_explains_a_face_with_every_method(cli_setup, capsys):
     tmp, main, common, labels = cli_setup
     out = tmp / "out"
     code = main(["--image", str(tmp / "faces" / "f0.png"), "--aligned", "--labels",
-                 str(tmp / "labels" / "f0.png"), "--method", "all", "--out", str(out), *common])
+                 str(tmp / "labels" / "f0.png"), "--method", "all", "--out", str(out),
+                 "--mark", "eyes,nose", *common])
     assert code == 0
     assert "target: self-similarity" in capsys.readouterr().out
     record = json.loads((out / "f0.json").read_text())

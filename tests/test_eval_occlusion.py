@@ -9,6 +9,7 @@ from fserasing import erase_batch
 from parsing.core.labels import FSE25
 from recognition.eval_occlusion import occlusion_table
 from recognition.evaluation.embedding import embed
+from recognition.evaluation.occlusion import elsewhere_mask
 from recognition.evaluation.verification import verification_accuracy
 
 
@@ -53,6 +54,44 @@ def test_occlusion_table_erases_only_the_probe_group():
         assert set(row["tar_at_far"]) == {"1e-02", "1e-01"} and 0 <= row["auc"] <= 1
 
 
+def test_elsewhere_mask_matches_the_area_outside_the_protected_regions():
+    masks = torch.zeros(2, 4, 6, dtype=torch.uint8)
+    masks[0, 0, :2] = 11                       # 2 eye pixels
+    masks[0, 1, :] = 1                         # 6 cheek pixels
+    masks[0, 2, :3] = 21                       # 3 hair pixels
+    masks[1, :, :3] = 12                       # 12 eye pixels, only 6 + 3 elsewhere
+    masks[1, 0, 3:] = 17
+    masks[1, 1, 3:] = 10
+    masks[1, 2, 3:] = 22
+    eyes = FSE25.ids("eyes")
+    for seed in range(5):
+        chosen = elsewhere_mask(masks, eyes, torch.Generator().manual_seed(seed))
+        assert not (chosen & torch.isin(masks, torch.tensor(eyes))).any()
+        assert not (chosen & (masks == 0)).any()            # background is never taken
+        assert chosen[0].sum() == 2 and chosen[1].sum() == 9  # matched; or all there is
+        # whole regions in a random order, the last cut in raster order
+        regions = masks[0][chosen[0]].unique()
+        assert len(regions) == 1
+    orders = {tuple(masks[0][elsewhere_mask(masks, eyes, torch.Generator().manual_seed(s))[0]]
+                    .tolist()) for s in range(20)}
+    assert orders == {(1, 1), (21, 21)}
+
+
+def test_occlusion_table_elsewhere_rows_erase_the_same_area_elsewhere():
+    g = torch.Generator().manual_seed(1)
+    n = 20
+    gallery = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
+    probes = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
+    masks = torch.randint(0, 25, (n, 112, 112), generator=g, dtype=torch.uint8)
+    issame = np.arange(n) % 2 == 0
+    table = occlusion_table(_Tiny().eval(), gallery, probes, masks, issame,
+                            groups=("eyes+nose",), batch_size=8, elsewhere=True)
+    assert list(table) == ["none", "eyes+nose", "eyes+nose elsewhere"]
+    inside = torch.isin(masks, torch.tensor(FSE25.ids(["eyes", "nose"])))
+    assert table["eyes+nose"]["erased_area"] == pytest.approx(float(inside.float().mean()))
+    assert table["eyes+nose elsewhere"]["erased_area"] == table["eyes+nose"]["erased_area"]
+
+
 @pytest.mark.slow
 def test_cli_on_parsing_synth_faces(tmp_path, monkeypatch, capsys):
     import json
@@ -65,12 +104,12 @@ def test_cli_on_parsing_synth_faces(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert eval_occlusion.main(["--checkpoint", "c.pt", "--network", "tiny", "--data",
                                 str(tmp_path / "faces"), "--out", str(out), "--pairs", "20",
-                                "--groups", "eyes,mouth", "--device", "cpu"]) == 0
+                                "--groups", "eyes,mouth", "--device", "cpu", "--elsewhere"]) == 0
     table = json.loads((out / "occlusion.json").read_text())["table"]
-    assert list(table) == ["none", "eyes", "mouth"]
+    assert list(table) == ["none", "eyes", "eyes elsewhere", "mouth", "mouth elsewhere"]
     assert 0 < table["eyes"]["erased_area"] < table["mouth"]["erased_area"] + 1
     assert (out / "occlusion.png").stat().st_size > 0
-    assert (out / "occlusion.csv").read_text().count("\n") == 4
+    assert (out / "occlusion.csv").read_text().count("\n") == 6
     assert "mouth" in capsys.readouterr().out
     assert eval_occlusion.main(["--checkpoint", "c.pt", "--network", "tiny", "--data",
                                 str(tmp_path / "faces"), "--out", str(out),

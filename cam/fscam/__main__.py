@@ -83,6 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reference-landmarks", help="five points of --reference")
     ap.add_argument("--target-layer", help="layer for Grad-CAM/Group-CAM (default: the last "
                                            "block of layer4)")
+    ap.add_argument("--mark", metavar="REGIONS",
+                    help="outline these FSE-25 regions in the figures, e.g. the known identity "
+                         "regions of a parsing.synth --identity-regions set (eyes,nose)")
     ap.add_argument("--rise-masks", type=positive_int, default=4000)
     ap.add_argument("--groups", type=positive_int, default=32, help="Group-CAM channel groups")
     ap.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass")
@@ -264,6 +267,7 @@ def run(args: argparse.Namespace) -> None:
                                   seed=args.seed, groups=args.groups, device=args.device)
     targets, description = targets_for(model, methods, args.reference, args.aligned,
                                        args.reference_landmarks, args.device)
+    marked = torch.tensor(FSE25.ids(args.mark.split(","))) if args.mark else None
     print(f"target: {description}")
     stats = {name: RegionStats() for name in explainers}
     fscam_stats = RegionStats()
@@ -289,7 +293,7 @@ def run(args: argparse.Namespace) -> None:
             stats[name].update(torch.where(present, shares[name], float("nan")))
         for i, path in enumerate(chunk):
             rows += write_image_outputs(out, path, names[start + i], faces[i], label_maps[i],
-                                        results, shares, i, description)
+                                        results, shares, i, description, marked)
     for explainer in explainers.values():
         explainer.close()
     write_csv(out / "regions.csv", rows)
@@ -301,7 +305,7 @@ def run(args: argparse.Namespace) -> None:
 
 def write_image_outputs(out: Path, path: Path, key: str, face: Tensor, label_map: Tensor,
                         results: dict[str, Explanation], shares: dict[str, Tensor], i: int,
-                        description: str) -> list[dict]:
+                        description: str, marked: Tensor | None = None) -> list[dict]:
     (out / key).parent.mkdir(parents=True, exist_ok=True)
     present = torch.unique(label_map).tolist()
     absent = torch.ones(FSE25.num_classes, dtype=torch.bool)
@@ -313,7 +317,10 @@ def write_image_outputs(out: Path, path: Path, key: str, face: Tensor, label_map
               for name, r in results.items()}
     plot.compare(face, {titles[n]: r.map[i] for n, r in results.items()},
                  {titles[n]: v for n, v in bars.items()}, label_map=label_map,
-                 title=f"{path.name}: {description}", path=out / f"{key}.png")
+                 title=f"{path.name}: {description}" + ("" if marked is None else
+                                                        " (outlined: marked regions)"),
+                 path=out / f"{key}.png",
+                 marked=None if marked is None else torch.isin(label_map.long(), marked))
     record = {"image": str(path), "target": description, "methods": {}}
     rows = []
     for name, r in results.items():

@@ -53,38 +53,95 @@ def read_faces(dataset: torch.utils.data.Dataset, indices: np.ndarray, source: s
 
 
 @torch.no_grad()
-def _normalised_embeddings(model, images, batch_size, flip, device) -> torch.Tensor:
+def normalised_embeddings(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32,
+                          flip: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
+    """L2-normalised float64 embeddings (N, D) on the CPU of uint8 faces (N, 3, 112, 112)."""
     out = [embed(model, images[s:s + batch_size].to(device), flip).double().cpu()
            for s in range(0, len(images), batch_size)]
     return F.normalize(torch.cat(out), dim=1)
+
+
+def pair_metrics(gallery_emb: torch.Tensor, probe_emb: torch.Tensor, issame: np.ndarray
+                 ) -> dict:
+    """Verification of pairs (gallery_emb[i], probe_emb[i]), normalised embeddings:
+    10-fold accuracy and its std (reference §5.5), TAR at :data:`OCCLUSION_FARS` and AUC."""
+    interleaved = torch.stack([gallery_emb, probe_emb], dim=1).flatten(0, 1)
+    entry = verification_accuracy(interleaved, issame)
+    report, _, _ = verification_report((gallery_emb * probe_emb).sum(1).numpy(), issame,
+                                       OCCLUSION_FARS)
+    entry.update(tar_at_far=report["tar_at_far"], auc=report["auc"])
+    return entry
+
+
+def group_ids(group: str) -> list[int]:
+    """FSE-25 ids of a group spec: a class or group name, or several joined by ``+``
+    (``"eyes+nose"`` erases both together)."""
+    return FSE25.ids([g.strip() for g in group.split("+")])
+
+
+def elsewhere_mask(masks: torch.Tensor, protected: Sequence[int],
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pixels (B, H, W) bool of the same area as the ``protected`` classes in each mask, taken
+    outside them: whole face regions (FSE-25 1..24, not protected) in a random order per
+    image, the last one cut to size in raster order. The matched-area control of an
+    occlusion: erasing it shows what erasing that much face *anywhere* costs. If the other
+    regions are smaller than the protected area, all of them are taken."""
+    labels = masks.long().flatten(1)
+    batch, pixels = labels.shape
+    table = torch.zeros(256, dtype=torch.bool, device=masks.device)
+    table[protected] = True
+    target = table[labels].sum(1)
+    allowed = torch.zeros(256, dtype=torch.bool, device=masks.device)
+    allowed[1:FSE25.num_classes] = True
+    allowed[protected] = False
+    draws = torch.rand(batch, 256, generator=generator, device=masks.device)
+    position = draws.argsort(1).argsort(1)  # a random rank of each class per image
+    inside = allowed[labels]
+    key = torch.where(inside, position.gather(1, labels) * pixels +
+                      torch.arange(pixels, device=masks.device), 256 * pixels)
+    rank = key.argsort(1).argsort(1)
+    return ((rank < target[:, None]) & inside).view(masks.shape)
 
 
 def occlusion_table(model: torch.nn.Module, gallery: torch.Tensor, probes: torch.Tensor,
                     probe_masks: torch.Tensor, issame: np.ndarray,
                     groups: Sequence[str] = DEFAULT_GROUPS, fill: str = "random",
                     batch_size: int = 32, flip: bool = True, seed: int = 0,
-                    device: torch.device | str = "cpu") -> dict[str, dict]:
-    """Verification of pairs (gallery[i], probes[i]) with nothing, then each region group,
-    erased in the probes -> {"none" | group: metrics}."""
-    gallery_emb = _normalised_embeddings(model, gallery, batch_size, flip, device)
+                    device: torch.device | str = "cpu", elsewhere: bool = False
+                    ) -> dict[str, dict]:
+    """Verification of pairs (gallery[i], probes[i]) with nothing, then each region group
+    (a name, or names joined by ``+``), erased in the probes -> {"none" | group: metrics}.
+
+    With ``elsewhere``, each group also gets a row ``"{group} elsewhere"``: the same pixel
+    area per probe erased in other face regions (:func:`elsewhere_mask`), the control that
+    tells a region that matters from an area that matters.
+    """
+    gallery_emb = normalised_embeddings(model, gallery, batch_size, flip, device)
+    rows = [("none", None, False)]
+    for group in groups:
+        rows.append((group, group_ids(group), False))
+        if elsewhere:
+            rows.append((f"{group} elsewhere", group_ids(group), True))
     table = {}
-    for group in progress_bar(["none", *groups], desc="occlusions"):
-        erased = probes
-        area = 0.0
-        if group != "none":
-            ids = torch.tensor(FSE25.ids(group))
-            area = float(torch.isin(probe_masks, ids).float().mean())
+    for name, ids, control in progress_bar(rows, desc="occlusions"):
+        erased, area = probes, 0.0
+        if ids is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
-            erased = torch.cat([
-                erase_batch(probes[s:s + batch_size].to(device),
-                            probe_masks[s:s + batch_size].to(device), p=1.0,
-                            n_erase=[group], fill=fill, generator=generator).cpu()
-                for s in range(0, len(probes), batch_size)])
-        probe_emb = _normalised_embeddings(model, erased, batch_size, flip, device)
-        interleaved = torch.stack([gallery_emb, probe_emb], dim=1).flatten(0, 1)
-        entry = verification_accuracy(interleaved, issame)
-        report, _, _ = verification_report((gallery_emb * probe_emb).sum(1).numpy(), issame,
-                                           OCCLUSION_FARS)
-        entry.update(tar_at_far=report["tar_at_far"], auc=report["auc"], erased_area=area)
-        table[group] = entry
+            chunks = []
+            for s in range(0, len(probes), batch_size):
+                masks = probe_masks[s:s + batch_size].to(device)
+                if control:  # erase the chosen pixels as one pseudo-region (class 1)
+                    masks = elsewhere_mask(masks, ids, generator).to(torch.uint8)
+                    classes = [1]
+                else:
+                    classes = ids
+                area += float(torch.isin(masks.long(), torch.tensor(classes, device=device))
+                              .float().sum())
+                chunks.append(erase_batch(probes[s:s + batch_size].to(device), masks, p=1.0,
+                                          n_erase=list(classes), fill=fill,
+                                          generator=generator).cpu())
+            erased = torch.cat(chunks)
+            area /= probe_masks.numel()
+        probe_emb = normalised_embeddings(model, erased, batch_size, flip, device)
+        table[name] = {**pair_metrics(gallery_emb, probe_emb, issame), "erased_area": area}
     return table
