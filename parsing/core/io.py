@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
 import pickle
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -80,11 +81,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half file.
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success flush, fsync and rename
+    it to ``path``: never a half file. On an exception the temporary file is removed.
 
     The file gets the mode of any new file (``0o666`` less the umask), not ``mkstemp``'s
-    ``0o600``. A temporary file left by a killed save is named ``.{name}.XXXXXXXX``;
+    ``0o600``. A temporary file left by a killed process is named ``.{name}.XXXXXXXX``;
     :func:`remove_stale_temporaries` deletes those.
     """
     path = Path(path)
@@ -92,14 +95,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`: a checkpoint is whole or absent."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:

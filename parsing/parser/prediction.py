@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import decode_image, list_images
+from parsing.core.io import atomic_write, decode_image, list_images
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, merge_stores, store_paths
 from parsing.core.paths import output_file
 from parsing.core.pixels import normalise
@@ -102,12 +101,8 @@ def open_inputs(images: str | os.PathLike, skip_bad: bool = False) -> Prediction
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Shards:
