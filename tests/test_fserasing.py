@@ -147,7 +147,11 @@ def test_per_sample_apply_equals_batched_for_the_same_draws(batch, options, seed
     batched, erasure = eraser(images, masks, torch.Generator().manual_seed(seed))
     for i in range(len(erasure)):
         single = eraser.apply(images[i : i + 1], masks[i : i + 1], erasure[i])
-        assert torch.equal(single[0], batched[i])
+        if options["fill"] == "blur":  # CPU convolutions round differently by batch size
+            atol = 0 if images.dtype.is_floating_point else 1
+            torch.testing.assert_close(single[0], batched[i], rtol=1e-5, atol=atol or 1e-6)
+        else:
+            assert torch.equal(single[0], batched[i])
 
 
 @FAST
