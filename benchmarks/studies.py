@@ -19,7 +19,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +200,11 @@ def environment(module: str, argv: Sequence[str] | None) -> dict[str, Any]:
             "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__}
+
+
+def run_study(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace, Any], None],
+              argv: Sequence[str] | None) -> None:
+    """A study command's body: parse, run (writes ``--out``), print ``--out/study.md``."""
+    args = parser.parse_args(argv)
+    run(args, argv)
+    print((Path(args.out) / "study.md").read_text())

@@ -45,6 +45,7 @@ from benchmarks.studies import (
     fmt,
     markdown_table,
     network_kwargs,
+    run_study,
     seeds,
     synth_set,
     train_fields,
@@ -350,9 +351,7 @@ def plot_study(report: dict, path: Path) -> None:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    run(args, argv)
-    print((Path(args.out) / "study.md").read_text())
+    run_study(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

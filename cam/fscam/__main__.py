@@ -44,7 +44,7 @@ from parsing.core.paths import check_unique_keys, output_dir
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.photos.landmarks import detect_faces
-from recognition.evaluation.embedding import load_backbone, network_kwargs_arg
+from recognition.evaluation.embedding import add_backbone_arguments, load_backbone
 
 #: ``--method all``, in this order (figure panels, CSV rows)
 METHODS = ("fscam", "gradcam", "rise", "groupcam")
@@ -61,12 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--images", help="a folder of face images (searched recursively)")
     ap.add_argument("--reference", help="explain the similarity to this face (default: to the "
                                         "image's own embedding)")
-    ap.add_argument("--model", required=True,
-                    help="backbone state_dict, or a training checkpoint with a 'backbone' entry")
-    ap.add_argument("--network", help="recognition.create_backbone name, e.g. iresnet34 "
-                                      "(default: from the model.json beside --model)")
-    ap.add_argument("--network-kwargs", type=network_kwargs_arg, metavar="JSON",
-                    help="keyword arguments for the backbone, e.g. '{\"num_features\": 128}'")
+    add_backbone_arguments(ap, flag="--model")
     labels = ap.add_mutually_exclusive_group()
     labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "

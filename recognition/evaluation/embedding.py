@@ -98,11 +98,12 @@ def network_kwargs_arg(text: str) -> dict:
     return value
 
 
-def add_backbone_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--checkpoint``, ``--network`` and ``--network-kwargs`` for :func:`load_backbone`."""
-    parser.add_argument("--checkpoint", required=required,
+def add_backbone_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                           flag: str = "--checkpoint") -> None:
+    """``flag`` (the weights), ``--network`` and ``--network-kwargs`` for :func:`load_backbone`."""
+    parser.add_argument(flag, required=required,
                         help="backbone state_dict (a run's model.pt) or training checkpoint")
     parser.add_argument("--network", help="backbone name for recognition.create_backbone "
-                        "(default: from the model.json beside the checkpoint)")
+                        f"(default: from the model.json beside {flag})")
     parser.add_argument("--network-kwargs", type=network_kwargs_arg, metavar="JSON",
                         help="keyword arguments for the backbone, e.g. '{\"num_features\": 128}'")
