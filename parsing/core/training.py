@@ -88,7 +88,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.tensorboard import SummaryWriter
 
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import atomic_save, atomic_write, load_checkpoint, remove_stale_temporaries
+from parsing.core.io import (
+    MODEL,
+    atomic_save,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    write_model,
+)
 from parsing.core.progress import progress_bar
 
 __all__ = [
@@ -99,9 +106,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The files of a run folder.
-CONFIG, CHECKPOINT, MODEL, MODEL_INFO, METRICS = (
-    "config.yaml", "checkpoint.pt", "model.pt", "model.json", "metrics.jsonl")
+#: The files of a run folder (``model.pt`` and ``model.json``: :func:`parsing.core.io.write_model`).
+CONFIG, CHECKPOINT, METRICS = "config.yaml", "checkpoint.pt", "metrics.jsonl"
+MODEL_INFO = Path(MODEL).with_suffix(".json").name
 
 
 class RunConfig(Protocol):
@@ -416,10 +423,9 @@ class Trainer:
     def save_model(self) -> None:
         """Write ``model.pt`` and ``model.json`` (rank 0; at the end of each epoch)."""
         if self.is_main:
-            atomic_save(to_cpu(self.model_state()), self.out / MODEL)
-            info = {**self.model_info(), "epoch": self.epoch, "global_step": self.global_step}
-            with atomic_write(self.out / MODEL_INFO, "w") as f:
-                f.write(json.dumps(info, indent=1))
+            write_model(self.out / MODEL, self.model_state(),
+                        {**self.model_info(), "epoch": self.epoch,
+                         "global_step": self.global_step})
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path)
