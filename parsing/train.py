@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    overwrite=args.overwrite)
     summary = train(cfg, resume_from=resume, overwrite=args.overwrite,
                     allow_data_change=args.allow_data_change)
-    print(json.dumps(summary))
+    if summary is not None:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

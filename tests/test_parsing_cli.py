@@ -294,3 +294,23 @@ def test_corrupt_image_in_a_worker_is_one_line_and_skippable(trained, synth_dir,
     assert predict.main([*argv, "--skip-bad"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 2 and "000001.png" in summary["skipped"][0]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_writes_one_run_folder(synth_dir, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "parsing.train", *_train_args(synth_dir), "--out", str(tmp_path / "ddp")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summaries = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["global_step"] == 4
+    ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
+    assert parsing.Parser.from_checkpoint(tmp_path / "ddp")(torch.zeros(1, 3, 32, 32)).shape \
+        == (1, 32, 32)

@@ -364,15 +364,17 @@ class ParserTrainer(Trainer):
 
 
 def train(cfg: ParserTrainConfig, resume_from: str | os.PathLike | None = None,
-          overwrite: bool = False, allow_data_change: bool = False) -> dict[str, Any]:
-    """Run (or, with ``resume_from`` a run folder, continue) a parser training; returns a
-    summary: the run folder, the best validation mean F1, the last logged row and the files
-    skipped (``skip_bad``)."""
+          overwrite: bool = False, allow_data_change: bool = False) -> dict[str, Any] | None:
+    """Run (or, with ``resume_from`` a run folder, continue) a parser training; rank 0
+    returns a summary (the others None): the run folder, the best validation mean F1, the
+    last logged row and the files skipped (``skip_bad``)."""
     try:
         trainer = ParserTrainer(cfg, resume_from, overwrite, allow_data_change)
         last = trainer.train()
     finally:
         teardown_distributed()
+    if not trainer.is_main:
+        return None
     if trainer.bad_files:
         log.warning("skipped %d bad file(s):\n  %s", len(trainer.bad_files),
                     "\n  ".join(sorted(trainer.bad_files)))
