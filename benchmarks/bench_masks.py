@@ -215,7 +215,7 @@ def breakdown(paths: dict[str, Path], samples: int, rounds: int, seed: int) -> d
     ds = RecordIOFaces(paths["rec"], masks=paths["store"])
     source, root = ds.mask_source, ds.root
     order = np.random.default_rng(seed).permutation(len(ds))[:samples].tolist()
-    images = {i: ds._read(i)[0] for i in order}
+    images = {i: ds._read(i)["image"] for i in order}
     masks = {i: source.load(i, ds.image_path(i), root) for i in order}
     parts = {
         "image: read + JPEG decode": lambda i: ds._read(i),

@@ -39,8 +39,8 @@ from parsing.core.io import list_images, model_files, write_label_map
 from parsing.core.paths import check_unique_keys, output_dir, output_file
 from parsing.core.pixels import denormalise
 from parsing.core.progress import progress_bar
+from parsing.core.samples import BadSample
 from parsing.core.viz import contact_sheet, overlay
-from parsing.parser.data import BadSample
 from parsing.parser.inference import ImageFiles, Parser, default_device
 from parsing.parser.prediction import predict_store
 

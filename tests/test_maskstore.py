@@ -153,7 +153,7 @@ def test_two_process_gloo_prediction_has_every_key_once(folder, parser_ckpt, tmp
     for name, mask in zip(rels, expected, strict=True):
         assert np.array_equal(store[name], mask.numpy())
     ds = MaskedImageFolder(folder, tmp_path / "two" / "masks.rec")
-    image, mask, label = ds[5]
+    image, mask, label = (ds[5][k] for k in ("image", "mask", "label"))
     assert torch.equal(mask, torch.from_numpy(store[Path(ds.samples[5][0]).relative_to(
         folder).as_posix()])) and image.shape == (3, 24, 24)
 

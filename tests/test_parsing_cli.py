@@ -270,7 +270,7 @@ def test_predicted_masks_feed_fserasing(trained, synth_dir, tmp_path):
     ds = MaskedImageFolder(root, masks, transform=FSErasing(p=1.0, classes="all", fill=0))
     assert len(ds) == 4
     for i in range(4):
-        image, mask, label = ds[i]
+        image, mask, label = (ds[i][k] for k in ("image", "mask", "label"))
         original = torch.from_numpy(np.array(Image.open(ds.samples[i][0]).convert("RGB")))
         changed = (image.permute(1, 2, 0) != original).any(-1)
         assert label == i // 2 and torch.equal(mask, torch.from_numpy(

@@ -17,7 +17,7 @@ from parsing.core.errors import DataError, InputError
 from parsing.core.io import MODEL, read_image, read_model, write_model
 from parsing.core.labels import LabelSet, get_label_set
 from parsing.core.pixels import normalise
-from parsing.parser.data import BadSample
+from parsing.core.samples import BadSample
 from parsing.parser.models import create_model, fuse_batchnorm
 
 __all__ = ["ImageFiles", "Parser", "default_device", "model_from_checkpoint", "parser_info",

@@ -38,7 +38,7 @@ from parsing.core.paths import output_file
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.core.recordio import RecordIOReader, read_layout
-from parsing.parser.data import BadSample
+from parsing.core.samples import BadSample
 from parsing.parser.inference import ImageFiles, Parser
 
 __all__ = ["PredictionInputs", "RecordImages", "open_inputs", "predict_store"]

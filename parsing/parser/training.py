@@ -291,14 +291,13 @@ class ParserTrainer(Trainer):
         self.seeded.set_epoch(epoch)  # augmentation: per sample, from (seed, epoch, index)
 
     # -- training --------------------------------------------------------------------------
-    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-        images, targets, bad = batch
-        self.bad_files.update(bad)
-        self.skipped += len(bad)
-        if not len(images):
+    def train_step(self, batch: dict[str, Any]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        self.bad_files.update(batch["errors"])  # the loop counts batch["skipped"]
+        if not len(batch["image"]):
             return None
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        images = batch["image"].to(self.device, non_blocking=True)
+        targets = batch["mask"].to(self.device, non_blocking=True)
         cfg = self.cfg
         with self.autocast():
             output = self.model(images)
