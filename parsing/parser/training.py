@@ -333,9 +333,6 @@ class ParserTrainer(Trainer):
         if self.improved or not self.has_validation:
             super().save_model()
 
-    def model_state(self) -> dict[str, torch.Tensor]:
-        return self.net.state_dict()
-
     def model_info(self) -> dict[str, Any]:
         cfg = self.cfg
         return {**parser_info(self.model_name, self.model_kwargs, self.label_set,
@@ -351,8 +348,7 @@ class ParserTrainer(Trainer):
                 "best_mean_f1": self.best_f1}
 
     def load_shared_state(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        super().load_shared_state(state)
         self.best_f1 = state["best_mean_f1"]
         if state["class_weights"] is not None:  # the run's, whatever the data says now
             self.weights = state["class_weights"]
