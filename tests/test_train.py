@@ -276,7 +276,7 @@ def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
     args = ["--data", str(data), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
             "--epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 2
-    assert "000005.png: undecodable image" in capsys.readouterr().err
+    assert "000005.png: not a readable image" in capsys.readouterr().err
     assert main([*args, "--skip-bad"]) == 2  # the failed run left its files
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args, "--skip-bad", "--overwrite"]) == 0
