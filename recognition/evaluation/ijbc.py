@@ -309,7 +309,7 @@ def template_features(
     medias: np.ndarray,
     faceness: torch.Tensor | np.ndarray | None = None,
     use_norm_score: bool = False,
-    chunk_size: int = 2048,
+    chunk_size: int = 1024,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Aggregate image features (N, D) into L2-normalised template features (T, D) float64.
 
