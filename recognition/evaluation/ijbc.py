@@ -453,6 +453,13 @@ def pair_scores(
     products = torch.empty(min(rows_per_block, n1), n2, dtype=features.dtype, device=device)
     position = torch.empty(min(chunk_pairs, n_pairs), dtype=index_type, device=device)
     term = torch.empty_like(position)
+    # the per-chunk gathers: numpy's on the CPU (one thread, no parallel region per call,
+    # which costs a lot when other processes hold the cores), torch's elsewhere
+    gather = ((lambda table, index, out: np.take(table, index, out=out)) if device.type == "cpu"
+              else (lambda table, index, out: torch.index_select(table, 0, index, out=out)))
+    views = [(x.numpy() if device.type == "cpu" else x) for x in (
+        offset1, rank2, r1, r2, position, term, in_block_order, products.view(-1))]
+    offset1_, rank2_, r1_, r2_, position_, term_, in_block_order_, products_flat = views
     for b in range(n_blocks):
         start, end = bounds[b], bounds[b + 1]
         if end > start:
@@ -464,12 +471,11 @@ def pair_scores(
                 np.matmul(rows.numpy(), second.numpy().T, out=result.numpy())
             else:
                 torch.matmul(rows, second.T, out=result)
-            flat = result.view(-1)
             for s in range(start, end, chunk_pairs):
                 e = min(s + chunk_pairs, end)
-                p = torch.index_select(offset1, 0, r1[s:e], out=position[:e - s])
-                p += torch.index_select(rank2, 0, r2[s:e], out=term[:e - s])
-                torch.index_select(flat, 0, p, out=in_block_order[s:e])
+                p = gather(offset1_, r1_[s:e], position_[:e - s])
+                p += gather(rank2_, r2_[s:e], term_[:e - s])
+                gather(products_flat, p, in_block_order_[s:e])
     if order is not None:
         out[order] = in_block_order
     return out.cpu().numpy()
