@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -134,18 +135,24 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 def compare(cases: dict[str, Callable[[], object]], repeats: int,
             sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
     """Interleaved timing: one call of each case per round, after one warm-up call each.
-    Wall time (median, min) and the process's CPU time (median) per case."""
+    Wall time (median, min), the process's CPU time and minor page faults (medians) per
+    case."""
     for fn in cases.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
+    faults: dict[str, list[int]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
             start_cpu = time.process_time()
+            start_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[name].append(timed(fn, sync))
             cpu[name].append(time.process_time() - start_cpu)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                                - start_faults)
     return {name: {"median_s": statistics.median(t), "min_s": min(t),
-                   "median_cpu_s": statistics.median(cpu[name]), "repeats": len(t)}
+                   "median_cpu_s": statistics.median(cpu[name]),
+                   "median_minor_faults": statistics.median(faults[name]), "repeats": len(t)}
             for name, t in times.items()}
 
 

@@ -17,6 +17,10 @@ noted; the side's peak is VmHWM - that RSS (the inputs, ~1.2 GB, are not counted
 
 Run: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1073741824 \
      .venv/bin/python -m benchmarks.bench_ijbc [--scale 1.0] [--seed 0] [--json out.json]
+
+``--baseline REV`` compares instead this tree's scoring with revision REV's (imported from
+git into the same process) and with the GEMM floor (the float32 matrix products alone),
+interleaved round by round, and checks that both give the same TARs, AUC and ROC points.
 """
 
 from __future__ import annotations
@@ -32,19 +36,13 @@ import numpy as np
 import sklearn.metrics
 import sklearn.preprocessing
 import torch
+from threadpoolctl import threadpool_limits
 
-from recognition.evaluation.ijbc import (
-    float32_dot_error,
-    pair_scores,
-    template_features,
-    template_rows,
-)
-from recognition.evaluation.roc import (
-    FARS,
-    far_key,
-    screened_verification_report,
-    verification_report,
-)
+from benchmarks.baseline import modules_at
+from recognition.evaluation import ijbc as this_ijbc
+from recognition.evaluation import roc as this_roc
+from recognition.evaluation.ijbc import pair_scores
+from recognition.evaluation.roc import FARS, far_key, verification_report
 
 IJBC = {"images": 469_375, "subjects": 3_531, "probes": 19_593, "pairs": 15_658_489,
         "genuine": 19_557}
@@ -196,25 +194,95 @@ def reference_tar_table(features, templates, medias, faceness, pairs, labels,
 
 
 def ours_tar_table(features, templates, medias, faceness, pairs, labels,
-                   use_norm_score=True, use_detector_score=True, stages=None, stages_cpu=None):
+                   use_norm_score=True, use_detector_score=True, stages=None, stages_cpu=None,
+                   ijbc=None, roc=None, curve=None):
     """recognition.ijbc from features to the TAR table, stage by stage (the composition of
     ``evaluate_verification``; stage times into ``stages``). Also returns the template
-    features and pair rows, for the float64 scores of the exactness check."""
+    features and pair rows, for the float64 scores of the exactness check. ``ijbc`` and
+    ``roc``: the modules to run (default: this tree's); ``curve``: a dict that receives the
+    returned ROC (fpr, tpr)."""
     stages = {} if stages is None else stages
+    ijbc, roc = ijbc or this_ijbc, roc or this_roc
     with timed(stages, "templates", stages_cpu):
-        unique, tfeats = template_features(torch.from_numpy(features), templates, medias,
-                                           faceness if use_detector_score else None,
-                                           use_norm_score=use_norm_score)
+        unique, tfeats = ijbc.template_features(torch.from_numpy(features), templates, medias,
+                                                faceness if use_detector_score else None,
+                                                use_norm_score=use_norm_score)
     with timed(stages, "template ids -> rows", stages_cpu):
-        rows = template_rows(unique, pairs, "pairs")
+        rows = ijbc.template_rows(unique, pairs, "pairs")
     with timed(stages, "float32 pair scores", stages_cpu):
-        approx = pair_scores(tfeats.float(), rows[:, 0], rows[:, 1])
+        approx = ijbc.pair_scores(tfeats.float(), rows[:, 0], rows[:, 1])
     with timed(stages, "screened ROC, TAR, AUC", stages_cpu):
-        report, _, _ = screened_verification_report(
-            approx, labels, float32_dot_error(tfeats.shape[1]),
-            lambda i: pair_scores(tfeats, rows[i, 0], rows[i, 1]))
+        report, fpr, tpr = roc.screened_verification_report(
+            approx, labels, ijbc.float32_dot_error(tfeats.shape[1]),
+            lambda i: ijbc.pair_scores(tfeats, rows[i, 0], rows[i, 1]))
+    if curve is not None:
+        curve.update(fpr=fpr, tpr=tpr)
     tars = np.array([report["tar_at_far"][far_key(f)] for f in FARS])
     return (tfeats, rows), tars, report["auc"]
+
+
+def gemm_floor(tfeats: torch.Tensor, rows: np.ndarray, block_bytes: int = 1 << 26) -> None:
+    """The float32 matrix products that ``pair_scores`` computes for these pairs, alone: the
+    same blocks of first-side templates (the side with fewer distinct templates) times all
+    second-side templates, into one reused product buffer."""
+    used = [np.bincount(rows[:, j], minlength=len(tfeats)) > 0 for j in (0, 1)]
+    first, second = sorted((tfeats.float().numpy()[u] for u in used), key=len)
+    rows_per_block = max(1, block_bytes // (4 * len(second)))
+    products = np.empty((min(rows_per_block, len(first)), len(second)), dtype=np.float32)
+    for start in range(0, len(first), rows_per_block):
+        block = first[start:start + rows_per_block]
+        np.matmul(block, second.T, out=products[:len(block)])
+
+
+def compare_revisions(inputs: tuple, revision: str, rounds: int) -> dict:
+    """``revision``'s recognition.evaluation (baseline) against this tree's (ours) and the
+    GEMM floor, interleaved in rotating order for ``rounds`` rounds: median wall and CPU
+    seconds, ratios, and whether both give the same TARs, AUC and ROC points."""
+    old = modules_at(revision, ["recognition.evaluation.ijbc", "recognition.evaluation.roc"])
+    sides = {"baseline": {"ijbc": old["recognition.evaluation.ijbc"],
+                          "roc": old["recognition.evaluation.roc"]},
+             "ours": {}}
+    wall, cpu, outputs = {}, {}, {}
+    floor_inputs = None
+    names = ["baseline", "ours", "GEMM floor"]
+    for r in range(rounds):
+        for name in names[r % 3:] + names[:r % 3]:
+            times, times_cpu = {}, {}
+            if name == "GEMM floor":
+                if floor_inputs is None:
+                    continue
+                with timed(times, name, times_cpu):
+                    gemm_floor(*floor_inputs)
+            else:
+                curve = {}
+                with timed(times, name, times_cpu):
+                    (tfeats, rows), tars, auc = ours_tar_table(*inputs, curve=curve,
+                                                               **sides[name])
+                outputs.setdefault(name, []).append((tars, auc, curve["fpr"], curve["tpr"]))
+                floor_inputs = (tfeats, np.ascontiguousarray(rows))
+            wall.setdefault(name, []).append(times[name])
+            cpu.setdefault(name, []).append(times_cpu[name])
+    same = all(np.array_equal(a, b) for x, y in zip(outputs["baseline"], outputs["ours"],
+                                                     strict=True)
+               for a, b in zip(x, y, strict=True))
+    median = {k: float(np.median(v)) for k, v in wall.items()}
+    median_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
+    result = {"baseline_revision": revision, "rounds": rounds,
+              "wall_s": wall, "cpu_s": cpu, "median_wall_s": median, "median_cpu_s": median_cpu,
+              "identical_tars_auc_roc": same}
+    for clock, m in (("wall", median), ("cpu", median_cpu)):
+        result[f"ours_over_baseline_{clock}"] = m["ours"] / m["baseline"]
+        result[f"ours_over_gemm_{clock}"] = m["ours"] / m["GEMM floor"]
+        result[f"baseline_over_gemm_{clock}"] = m["baseline"] / m["GEMM floor"]
+    print(f"{'':12s}{'wall s':>8s}{'cpu s':>8s}  {'/ GEMM (wall, cpu)':>18s}   (median of "
+          f"{rounds} rounds)")
+    for name in names:
+        print(f"{name:12s}{median[name]:8.3f}{median_cpu[name]:8.3f}  "
+              f"{median[name] / median['GEMM floor']:8.2f}"
+              f"{median_cpu[name] / median_cpu['GEMM floor']:8.2f}")
+    print(f"ours / baseline: {result['ours_over_baseline_wall']:.2f} wall, "
+          f"{result['ours_over_baseline_cpu']:.2f} cpu; identical TARs, AUC and ROC points: {same}")
+    return result
 
 
 @contextmanager
@@ -255,7 +323,16 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median counts)")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="instead: this tree's scoring against git revision REV's and the "
+                             "GEMM floor, interleaved (see --rounds)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of --baseline")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and BLAS threads (default: their own defaults)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
 
     t0 = time.perf_counter()
     data = synthetic_ijbc(args.scale, args.seed, shuffle=args.shuffle)
@@ -272,6 +349,17 @@ def main() -> None:
           f"MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}, "
           f"load average {os.getloadavg()[0]:.2f}")
 
+    if args.baseline:
+        summary = {"counts": counts, "threads": torch.get_num_threads(),
+                   "load_average_start": os.getloadavg()[0],
+                   **compare_revisions(inputs, args.baseline, args.rounds),
+                   "load_average_end": os.getloadavg()[0]}
+        print(f"load average {summary['load_average_start']:.2f} at the start, "
+              f"{summary['load_average_end']:.2f} at the end")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(summary, f, indent=2)
+        return
     memory, wall, cpu, stages, stages_cpu, results = {}, {}, {}, {}, {}, {}
     runs = []  # ours takes ~1 s: repeated, the median run counts (the first gives the peak)
     for _ in range(args.repeats):

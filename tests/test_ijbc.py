@@ -96,6 +96,21 @@ def test_template_rows_lookup_and_search_paths():
         template_rows(huge, np.array([7]), "pairs.txt")
 
 
+def test_template_rows_of_pairs_are_column_contiguous_and_check_every_id():
+    rng = np.random.default_rng(8)
+    unique = np.sort(rng.choice(np.arange(0, 5000), 300, replace=False))
+    unique[0] = 0  # template 0 exists: negative ids are clipped onto it and must still raise
+    pairs = unique[rng.integers(0, 300, (1000, 2))]
+    rows = template_rows(unique, pairs, "x")
+    np.testing.assert_array_equal(rows, np.searchsorted(unique, pairs))
+    assert rows[:, 0].flags.c_contiguous and rows[:, 1].flags.c_contiguous
+    for bad in (-1, -(1 << 40), 5001, 1 << 40):
+        broken = pairs.copy()
+        broken[700, 1] = bad
+        with pytest.raises(DataError, match=f"template {bad} has no images .*1 such"):
+            template_rows(unique, broken, "x")
+
+
 @pytest.mark.parametrize(("use_norm_score", "use_detector_score"), [(True, True),
                                                                      (False, False)])
 def test_evaluate_verification_matches_reference(tmp_path, use_norm_score, use_detector_score):

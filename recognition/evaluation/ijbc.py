@@ -273,26 +273,31 @@ def template_rows(unique_templates: np.ndarray, ids: np.ndarray, source: str | o
 
     IJB template ids are small positive integers: a lookup table is 4x faster than a binary
     search over 31M ids; other ids fall back to ``np.searchsorted``. Rows are int32 (they
-    index at most a few million templates) to halve the memory of 15.7M pairs.
+    index at most a few million templates) to halve the memory of 15.7M pairs; the rows of
+    a (P, 2) pair list are stored column by column, so that each side is contiguous.
     """
     ids = np.asarray(ids)
     if len(unique_templates) == 0 or ids.size == 0:
-        rows = np.zeros(ids.shape, dtype=np.int32)
-        missing = np.arange(ids.size)
+        rows = np.full(ids.shape, -1, dtype=np.int32)
     elif unique_templates[0] >= 0 and unique_templates[-1] < 1 << 24:
-        table = np.full(int(unique_templates[-1]) + 1, -1, dtype=np.int32)
+        # one -1 entry past the largest template: larger ids are clipped onto it, negative
+        # ones onto entry 0, which is -1 unless template 0 exists (then they are checked)
+        table = np.full(int(unique_templates[-1]) + 2, -1, dtype=np.int32)
         table[unique_templates] = np.arange(len(unique_templates))
-        if ids.min() >= 0 and ids.max() < len(table):
-            rows = table[ids]
+        rows = np.empty(ids.shape[::-1], dtype=np.int32).T
+        if ids.ndim == 2:
+            for j in range(ids.shape[1]):
+                np.take(table, ids[:, j], out=rows[:, j], mode="clip")
         else:
-            rows = table[np.clip(ids, 0, len(table) - 1)]
-            rows[(ids < 0) | (ids >= len(table))] = -1
-        missing = np.flatnonzero(rows.ravel() < 0)
+            np.take(table, ids, out=rows, mode="clip")
+        if unique_templates[0] == 0 and ids.min() < 0:
+            rows[ids < 0] = -1
     else:
         rows = np.minimum(np.searchsorted(unique_templates, ids),
                           len(unique_templates) - 1).astype(np.int32)
-        missing = np.flatnonzero((unique_templates[rows] != ids).ravel())
-    if len(missing):
+        rows[unique_templates[rows] != ids] = -1
+    if rows.size and rows.min() < 0:
+        missing = np.flatnonzero(rows.ravel(order="C") < 0)
         raise DataError(f"{source}: template {ids.ravel()[missing[0]]} has no images in the "
                         f"image/template/media list ({len(missing)} such references)")
     return rows
@@ -304,7 +309,7 @@ def template_features(
     medias: np.ndarray,
     faceness: torch.Tensor | np.ndarray | None = None,
     use_norm_score: bool = False,
-    chunk_size: int = 2048,
+    chunk_size: int = 1024,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Aggregate image features (N, D) into L2-normalised template features (T, D) float64.
 
@@ -320,7 +325,8 @@ def template_features(
         raise InputError(f"need (N, D) features with N template and media ids, got features "
                          f"{tuple(feats.shape)}, {templates.shape} templates, "
                          f"{medias.shape} medias")
-    unique_templates, template_index = np.unique(templates, return_inverse=True)
+    unique_templates = _unique(templates)
+    template_index = template_rows(unique_templates, templates, "template ids")
     media_min = int(medias.min(initial=0))
     media_span = int(medias.max(initial=0)) - media_min + 1
     if len(unique_templates) * media_span < 1 << 62:  # (template, media id) fits one int64
@@ -329,9 +335,17 @@ def template_features(
         _, media_index = np.unique(medias, return_inverse=True)
         media_span = int(media_index.max(initial=0)) + 1
     group_key = template_index.astype(np.int64) * media_span + media_index
-    _, group, group_size = np.unique(group_key, return_inverse=True, return_counts=True)
+    # image lists hold each media's images together: the groups are found among the runs of
+    # equal keys (one sort of the runs, not of the images); a run-length-weighted count per
+    # group is its image count however the runs fall
+    run_start = np.ones(len(group_key), dtype=bool)
+    np.not_equal(group_key[1:], group_key[:-1], out=run_start[1:])
+    starts = np.flatnonzero(run_start)
+    run_length = np.diff(np.append(starts, len(group_key)))
+    _, run_group = np.unique(group_key[starts], return_inverse=True)
+    group_size = np.bincount(run_group, weights=run_length)
     # mean per media, sum over media == each image weighted by 1 / (its media's image count)
-    weight = 1.0 / group_size[group]
+    weight = np.repeat(1.0 / group_size[run_group], run_length)
     if faceness is not None:
         weight = weight * np.asarray(torch.as_tensor(faceness).cpu(), dtype=np.float64)
     device = feats.device
@@ -349,6 +363,21 @@ def template_features(
     return unique_templates, out.div_(_safe_norm(out))
 
 
+def _non_decreasing(x: torch.Tensor) -> bool:
+    if x.device.type == "cpu":  # numpy's comparison of small ints is ~8x torch's
+        x = x.numpy()
+    return bool((x[1:] >= x[:-1]).all())
+
+
+def _unique(ids: np.ndarray) -> np.ndarray:
+    """``np.unique(ids)``; small non-negative ids (IJB template ids) by a presence table."""
+    if ids.size and ids.min() >= 0 and ids.max() < 1 << 24:
+        present = np.zeros(int(ids.max()) + 1, dtype=bool)
+        present[ids] = True
+        return np.flatnonzero(present).astype(ids.dtype, copy=False)
+    return np.unique(ids)
+
+
 def _safe_norm(x: torch.Tensor) -> torch.Tensor:
     # sklearn.preprocessing.normalize semantics: zero rows are left as they are
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
@@ -361,6 +390,7 @@ def pair_scores(
     rows2: np.ndarray | torch.Tensor,
     block_bytes: int = 1 << 26,
     min_density: float = 1 / 32,
+    chunk_pairs: int = 1 << 16,
 ) -> np.ndarray:
     """Dot products ``features[rows1[k]] @ features[rows2[k]]`` for every pair k, in the
     features' dtype.
@@ -369,13 +399,14 @@ def pair_scores(
     of probes, and need a large share of those products (IJB-C: 23%): the pairs are grouped
     by block of first-side templates, each block's products with all second-side templates
     are one matrix product of at most ``block_bytes``, and the pairs pick their entries from
-    it. The side with fewer distinct templates is blocked. Pair lists that need fewer than
-    ``min_density`` of the products use chunked gathered dot products instead.
+    it, ``chunk_pairs`` at a time (on the CPU the chunk's positions stay in cache). The side
+    with fewer distinct templates is blocked. Pair lists that need fewer than ``min_density``
+    of the products use chunked gathered dot products instead.
     """
     features = torch.as_tensor(features)
     device = features.device
-    r1 = torch.as_tensor(rows1, device=device).ravel()
-    r2 = torch.as_tensor(rows2, device=device).ravel()
+    r1 = torch.as_tensor(rows1, device=device).reshape(-1).contiguous()
+    r2 = torch.as_tensor(rows2, device=device).reshape(-1).contiguous()
     if r1.shape != r2.shape or r1.is_floating_point() or r2.is_floating_point():
         raise InputError(f"pair rows must be two integer arrays of the same length, got "
                          f"{tuple(r1.shape)} {r1.dtype} and {tuple(r2.shape)} {r2.dtype}")
@@ -388,8 +419,12 @@ def pair_scores(
     n1, n2 = int(used1.sum()), int(used2.sum())
     if n1 > n2:
         r1, r2, used1, used2, n1, n2 = r2, r1, used2, used1, n2, n1
+    if device.type != "cpu":
+        chunk_pairs = n_pairs
     if n_pairs < min_density * n1 * n2:
-        chunk = max(1, block_bytes // (2 * features.element_size() * features.shape[1]))
+        # float64 rows of 512: 256 pairs gather 2 MB, which stay in cache for the products
+        chunk = max(1, min(chunk_pairs, (1 << 21) // (2 * features.element_size()
+                                                      * features.shape[1])))
         for s in range(0, n_pairs, chunk):
             torch.linalg.vecdot(features[r1[s:s + chunk]], features[r2[s:s + chunk]],
                                 out=out[s:s + chunk])
@@ -397,37 +432,50 @@ def pair_scores(
     first, second = features[used1], features[used2]
     rows_per_block = max(1, block_bytes // (features.element_size() * n2))
     n_blocks = -(-n1 // rows_per_block)
-    # per-template lookup tables: block of a first-side template, and each pair's position
-    # in its block's (rows_per_block, n2) product matrix
+    # per-template lookup tables: block of a first-side template, and a pair's position in
+    # its block's (rows_per_block, n2) product matrix = offset1[first] + rank2[second]
     index_type = torch.int32 if rows_per_block * n2 < 1 << 31 else torch.int64
     rank1 = (torch.cumsum(used1, 0) - 1).to(index_type)
     rank2 = (torch.cumsum(used2, 0) - 1).to(index_type)
-    block = torch.index_select(rank1 // rows_per_block, 0, r1)
-    position = torch.index_select((rank1 % rows_per_block) * n2, 0, r1)
-    position += torch.index_select(rank2, 0, r2)
+    offset1 = (rank1 % rows_per_block) * n2
+    block_type = torch.int16 if n_blocks < 1 << 15 else torch.int32
+    block = torch.index_select((rank1 // rows_per_block).to(block_type), 0, r1)
     # pair files list each gallery template's comparisons together: blocks are then slices
     order = None
-    if not bool((block[1:] >= block[:-1]).all()):  # sort by block (16-bit keys: radix sort)
+    if not _non_decreasing(block):  # sort by block (16-bit keys: radix sort)
         keys = block.cpu().numpy().astype(np.uint16 if n_blocks <= 1 << 16 else np.uint32)
         order = torch.from_numpy(np.argsort(keys, kind="stable")).to(device)
-        block, position = block[order], position[order]
+        block, r1, r2 = block[order], r1[order], r2[order]
     bounds = torch.searchsorted(block, torch.arange(n_blocks + 1, dtype=block.dtype,
                                                     device=device)).tolist()
+    del block
     in_block_order = out if order is None else torch.empty_like(out)
     products = torch.empty(min(rows_per_block, n1), n2, dtype=features.dtype, device=device)
+    position = torch.empty(min(chunk_pairs, n_pairs), dtype=index_type, device=device)
+    term = torch.empty_like(position)
+    # the per-chunk gathers: numpy's on the CPU (one thread, no parallel region per call,
+    # which costs a lot when other processes hold the cores), torch's elsewhere
+    gather = ((lambda table, index, out: np.take(table, index, out=out)) if device.type == "cpu"
+              else (lambda table, index, out: torch.index_select(table, 0, index, out=out)))
+    views = [(x.numpy() if device.type == "cpu" else x) for x in (
+        offset1, rank2, r1, r2, position, term, in_block_order, products.view(-1))]
+    offset1_, rank2_, r1_, r2_, position_, term_, in_block_order_, products_flat = views
     for b in range(n_blocks):
         start, end = bounds[b], bounds[b + 1]
         if end > start:
-            block = first[b * rows_per_block:(b + 1) * rows_per_block]
-            result = products[:len(block)]
+            rows = first[b * rows_per_block:(b + 1) * rows_per_block]
+            result = products[:len(rows)]
             if device.type == "cpu":
                 # numpy's OpenBLAS GEMM runs 1.3x (float64) and 2.7x (float32) as fast as
                 # torch's MKL one on the AMD CPU of benchmarks/RESULTS.md
-                np.matmul(block.numpy(), second.numpy().T, out=result.numpy())
+                np.matmul(rows.numpy(), second.numpy().T, out=result.numpy())
             else:
-                torch.matmul(block, second.T, out=result)
-            torch.index_select(result.view(-1), 0, position[start:end],
-                               out=in_block_order[start:end])
+                torch.matmul(rows, second.T, out=result)
+            for s in range(start, end, chunk_pairs):
+                e = min(s + chunk_pairs, end)
+                p = gather(offset1_, r1_[s:e], position_[:e - s])
+                p += gather(rank2_, r2_[s:e], term_[:e - s])
+                gather(products_flat, p, in_block_order_[s:e])
     if order is not None:
         out[order] = in_block_order
     return out.cpu().numpy()

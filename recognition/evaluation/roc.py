@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.metrics import auc as trapezoid_auc
 
 from parsing.core.errors import InputError
@@ -195,17 +196,24 @@ class _ImpostorHistogram:
         self.low, self.high = approx.min(), approx.max()
         span = float(self.high) - float(self.low)
         self.scale = np.float32((n_bins - 1) / span if span > 0 else 0.0)
-        self.bins = self._bins(approx)
+        self.bins = np.empty(len(approx), dtype=np.int32)
+        for start in range(0, len(approx), 1 << 16):  # in cache-sized chunks, no temporaries
+            self._bins(approx[start:start + (1 << 16)], out=self.bins[start:start + (1 << 16)])
         self.bins[genuine] = n_bins
-        counts = np.bincount(self.bins, minlength=n_bins + 1)[:n_bins]
+        # torch's bincount reads int32 directly (numpy's copies to int64 first): 2x as fast
+        counts = torch.bincount(torch.from_numpy(self.bins), minlength=n_bins + 1)[:n_bins]
+        counts = counts.numpy()
         # at_or_above[b]: impostors in bins >= b (one extra zero for b = n_bins)
         self.at_or_above = np.concatenate((np.cumsum(counts[::-1])[::-1], [0]))
         self._descending = -self.at_or_above[:-1]  # ascending, for searchsorted
 
-    def _bins(self, scores: np.ndarray) -> np.ndarray:
+    def _bins(self, scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         b = np.subtract(scores, self.low, dtype=np.float32)
         b *= self.scale
-        return b.astype(np.int32)
+        if out is None:
+            return b.astype(np.int32)
+        np.copyto(out, b, casting="unsafe")
+        return out
 
     def bin_of(self, scores) -> np.ndarray:
         """Bins of (float64) scores, rounded to float32 first like the impostors were."""
