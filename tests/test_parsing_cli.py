@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parsing_fixtures import write_synth_layout
+from parsing_fixtures import killed_after_checkpoint, write_synth_layout
 from PIL import Image
 
 import parsing
-import parsing.core.training as core_training
 import parsing.train as train_mod
 from parsing import evaluate, export, predict
 from parsing.core.io import load_checkpoint, read_label_map
@@ -65,20 +64,8 @@ def test_train_writes_the_run_folder(trained):
 
 def _interrupt_after_epoch_1(synth_dir, out, monkeypatch):
     """Start the CPU run of ``_train_args`` in ``out`` and stop it after epoch 1's checkpoint."""
-    class Interrupted(Exception):
-        pass
-
-    real_save = core_training.atomic_save
-
-    def save_then_stop(obj, path):
-        real_save(obj, path)
-        if path.name == "checkpoint.pt" and obj["epoch"] == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(core_training, "atomic_save", save_then_stop)
-    with pytest.raises(Interrupted):
+    with killed_after_checkpoint(monkeypatch, lambda state: state["epoch"] == 1):
         train_mod.main([*_train_args(synth_dir), "--out", str(out)])
-    monkeypatch.setattr(core_training, "atomic_save", real_save)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
 
