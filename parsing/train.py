@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if resume is None:
         if not cfg.data:
             raise InputError("--data is required (KIND:PATH)")
+        if args.output is None and args.config is None:
+            raise InputError("--out is required (the run folder)")
         if (Path(cfg.output) / CHECKPOINT).is_file() and not args.overwrite:
             raise InputError(f"{cfg.output} already holds a run: continue it with --resume "
                              f"{cfg.output}, start over with --overwrite, or give another --out")

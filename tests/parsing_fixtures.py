@@ -1,10 +1,15 @@
-"""Small data sets written in the published layouts, for the parsing tests."""
+"""Small data sets written in the published layouts, and a kill switch for training runs,
+for the parsing tests."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from parsing.core.io import write_label_map
@@ -44,3 +49,29 @@ def write_synth_layout(root: Path, n: int, size: int = 32, seed: int = 0,
     (root / "identities.csv").write_text(
         "\n".join(["frame_id,identity"] + [f"{i},{i}" for i in range(n)]) + "\n")
     return root
+
+
+class Killed(Exception):
+    """Raised by :func:`killed_after_checkpoint` where a real run would have been killed."""
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch,
+                            when: Callable[[dict[str, Any]], bool]) -> Iterator[None]:
+    """The training run inside the block stops (raises :class:`Killed`) right after it wrote
+    a ``checkpoint.pt`` for which ``when(state)`` holds, as a run killed there would."""
+    import parsing.core.training as core_training
+
+    real_save = core_training.atomic_save
+
+    def save_then_die(obj: Any, path: Path) -> None:
+        real_save(obj, path)
+        if path.name == "checkpoint.pt" and when(obj):
+            raise Killed
+
+    monkeypatch.setattr(core_training, "atomic_save", save_then_die)
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        monkeypatch.setattr(core_training, "atomic_save", real_save)

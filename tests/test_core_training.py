@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from parsing_fixtures import killed_after_checkpoint
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -91,22 +92,10 @@ def test_a_classifier_on_the_loop_resumes_exactly(tmp_path, monkeypatch):
     assert [r["step"] for r in rows if "loss" not in r] == [5, 10, 15]  # validation
     assert all("accuracy" in r for r in rows)
 
-    class Killed(Exception):
-        pass
-
-    real = core_training.atomic_save
-
-    def save_then_die(obj, path):
-        real(obj, path)
-        if path.name == "checkpoint.pt" and obj["global_step"] == 7:
-            raise Killed
-
-    monkeypatch.setattr(core_training, "atomic_save", save_then_die)
     trainer = ToyTrainer(ToyConfig(output=str(tmp_path / "cut")))
     trainer.save_every_steps = 1
-    with pytest.raises(Killed):
+    with killed_after_checkpoint(monkeypatch, lambda state: state["global_step"] == 7):
         trainer.train()
-    monkeypatch.setattr(core_training, "atomic_save", real)
     resumed = ToyTrainer(ToyConfig(output=str(tmp_path / "cut")), resume_from=tmp_path / "cut")
     assert (resumed.epoch, resumed.step_in_epoch) == (1, 2)
     resumed.train()

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parsing_fixtures import write_synth_layout
+from parsing_fixtures import killed_after_checkpoint, write_synth_layout
 from PIL import Image
 
 import parsing
-import parsing.core.training as core_training
 import parsing.train as train_mod
 from parsing import evaluate, export, predict
 from parsing.core.io import load_checkpoint, read_label_map
@@ -65,20 +64,8 @@ def test_train_writes_the_run_folder(trained):
 
 def _interrupt_after_epoch_1(synth_dir, out, monkeypatch):
     """Start the CPU run of ``_train_args`` in ``out`` and stop it after epoch 1's checkpoint."""
-    class Interrupted(Exception):
-        pass
-
-    real_save = core_training.atomic_save
-
-    def save_then_stop(obj, path):
-        real_save(obj, path)
-        if path.name == "checkpoint.pt" and obj["epoch"] == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(core_training, "atomic_save", save_then_stop)
-    with pytest.raises(Interrupted):
+    with killed_after_checkpoint(monkeypatch, lambda state: state["epoch"] == 1):
         train_mod.main([*_train_args(synth_dir), "--out", str(out)])
-    monkeypatch.setattr(core_training, "atomic_save", real_save)
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
 
@@ -211,6 +198,8 @@ def test_skip_bad_reports_and_strict_mode_names_file(tmp_path, capsys):
 @pytest.mark.parametrize("cli,argv,message", [
     (train_mod, ["--data", "nope:x", "--out", "{tmp}/r"], "unknown kind"),
     (train_mod, ["--out", "{tmp}/r", "--resume"], "no checkpoint"),
+    (train_mod, ["--data", "synth:{tmp}"], "--out is required"),
+    (train_mod, ["--resume"], "give the run folder"),
     (evaluate, ["--checkpoint", "{tmp}/missing.pt", "--data", "synth:{tmp}"], "missing.pt"),
     (evaluate, ["--checkpoint", "{tmp}/junk.pt", "--data", "synth:{tmp}"], "not a loadable"),
     (predict, ["--checkpoint", "{tmp}/junk.pt", "--images", "{tmp}/none", "--out", "{tmp}/o"],
@@ -314,3 +303,23 @@ def test_two_process_gloo_training_writes_one_run_folder(synth_dir, tmp_path):
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
     assert parsing.Parser.from_checkpoint(tmp_path / "ddp")(torch.zeros(1, 3, 32, 32)).shape \
         == (1, 32, 32)
+
+
+def test_config_file_with_flags_on_top(tmp_path):
+    def config(*argv):
+        return train_mod.config_from_args(train_mod.build_arg_parser().parse_args(argv))
+
+    cfg_file = tmp_path / "parser.yaml"
+    cfg_file.write_text("data: synth:x\nnum_epoch: 4\nlr: 1e-3\nwidth: 8\n"
+                        "decoder_channels: [32, 16]\n")  # YAML 1.1 reads 1e-3 as a string
+    cfg, resume = config("--config", str(cfg_file), "--epochs", "2", "--out", str(tmp_path))
+    assert resume is None and cfg.output == str(tmp_path) and cfg.num_epoch == 2
+    assert cfg.lr == 1e-3 and cfg.width == 8 and cfg.decoder_channels == [32, 16]
+    assert config("--config", str(cfg_file), "--decoder-channels", "8,8")[0].decoder_channels \
+        == [8, 8]
+    for text, message in [("augment: sideways\n", "augment must be one of"),
+                          ("epochs: 3\n", "unknown config field.*epochs"),
+                          ("size: 8\n", "at least 16"), ("seed: 1.5\n", "expected an integer")]:
+        cfg_file.write_text(text)
+        with pytest.raises(parsing.InputError, match=message):
+            config("--config", str(cfg_file))

@@ -30,9 +30,11 @@ folder and gathers the per-process states into the checkpoint.
 
 **Hooks** (a subclass overrides these; the defaults say what is optional):
 
-* ``build_data() -> Dataset``: the training set. ``collate_fn``, ``drop_last`` (class
-  attributes) shape the batches; a batch that is a dict may carry ``"skipped"`` (samples that
-  could not be read), which the loop counts.
+* ``build_data() -> Dataset``: the training set, whose samples follow
+  :mod:`parsing.core.samples`. ``collate_fn``, ``drop_last`` (class attributes) shape the
+  batches; a batch may carry ``"skipped"`` (samples that could not be read), which the loop
+  counts. ``on_epoch_start(epoch)`` runs before each epoch's loader iterator is made (with
+  ``persistent_workers = False`` the workers see what it sets).
 * ``build_model()``: create the modules on ``self.device``, the trained one as ``self.model``
   (``self.ddp(module)`` wraps one for several processes; ``train_modules()`` lists them all if
   there are more, such as a separate head). Seeded with ``cfg.seed`` on every process, so all
@@ -45,8 +47,7 @@ folder and gathers the per-process states into the checkpoint.
   are averaged over each log interval like the loss. ``None`` skips the batch.
 * ``validate() -> {name: float}`` (default: nothing): run every ``val_every`` steps (``None``:
   at the end of each epoch) and at the last step, with ``train_modules()`` in eval mode; the
-  loop logs the results to
-  ``metrics.jsonl`` and TensorBoard (``val/<name>``).
+  loop logs the results to ``metrics.jsonl`` and TensorBoard (``val/<name>``).
 * ``model_info() -> dict`` and ``model_state() -> state_dict`` (default: ``self.model``'s):
   what ``model.json`` and ``model.pt`` hold, written at the end of every epoch by
   :meth:`Trainer.save_model` (override it to keep, say, the best validated weights instead of
@@ -61,9 +62,11 @@ folder and gathers the per-process states into the checkpoint.
   optimisation steps; ``save_every_steps = 0`` checkpoints at the end of each epoch only.
 
 A single-label or multi-label classifier, for instance, is ``build_data`` (a dataset of
-images and targets), ``build_model`` (backbone + linear head), ``build_optimizer`` and a
-``train_step`` returning its cross-entropy or BCE loss, with ``validate`` returning accuracy
-or mAP and ``model_info`` naming the backbone and the classes.
+images and targets), ``build_model`` (backbone + linear head as ``self.model``),
+``build_optimizer`` and a ``train_step`` returning its cross-entropy or BCE loss, with
+``validate`` returning accuracy or mAP and ``model_info`` naming the backbone and the classes
+(``tests/test_core_training.py`` has one in 40 lines; :mod:`recognition.training.trainer` and
+:mod:`parsing.parser.training` are the full-size ones).
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The recognition trainer: configuration, resumable training loop, DDP."""
+"""The recognition trainer: configuration and the backbone + PartialFC hooks of the shared
+loop (:mod:`parsing.core.training`)."""
