@@ -21,10 +21,11 @@ Three comparisons, each measured side by side in this one process, interleaved a
    recognition backbone at the same batch: ``recognition.create_backbone(--network)`` when
    that package provides it, otherwise torchvision's resnet34 as a stand-in (reported).
 
-``--allocator both`` runs comparison 1 twice more, in two fresh child processes: one with the
-glibc allocator setting of reference §8 and one without it (glibc reads it at start-up, so it
-cannot change inside a process); ``batched_by_allocator`` holds both. Use ``--threads 1``
-for the DataLoader-worker setting.
+``--allocator both`` runs comparison 1 three times more, each in a fresh child process: with
+the glibc allocator variables of reference §8, without them, and without them but with the
+same setting made at run time (``parsing.core.allocator.keep_freed_memory``, what every
+``python -m`` command of the project does); ``batched_by_allocator`` holds all three. Use
+``--threads 1`` for the DataLoader-worker setting.
 
 On a GPU (``--device cuda``) every timed call ends with ``torch.cuda.synchronize``; the loops
 of comparison 1 run on the CPU as in a Dataset, and once more on the GPU tensors
@@ -53,10 +54,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fserasing import BatchFSErasing, FSErasing, erase_batch
+from parsing.core.allocator import ALLOCATOR_VARS, keep_freed_memory
 from parsing.core.labels import FSE25
 
 FACE = torch.tensor(FSE25.groups["face"])
-ALLOCATOR_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 ALLOCATOR_SETTING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000",
                      "MALLOC_TOP_PAD_": "1073741824"}  # reference §8
 
@@ -183,14 +184,18 @@ def batched_comparison(images: torch.Tensor, masks: torch.Tensor, device: torch.
     return batched
 
 
-def batched_in_child(allocator: bool) -> dict[str, object]:
-    """Comparison 1 in a fresh process with (or without) the allocator setting, same args."""
+def batched_in_child(allocator: str) -> dict[str, object]:
+    """Comparison 1 in a fresh process, same args, under one allocator setting: ``env`` (the
+    variables of reference §8), ``run-time`` (:func:`keep_freed_memory`, what the commands do)
+    or ``none`` (glibc's default)."""
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS}
-    if allocator:
+    if allocator == "env":
         env.update(ALLOCATOR_SETTING)
     args = [a for a in sys.argv[1:] if a not in ("--allocator", "both")]
     if "--json" in args:
         del args[args.index("--json"):args.index("--json") + 2]
+    if allocator == "run-time":
+        args.append("--keep-freed-memory")
     run = subprocess.run([sys.executable, "-m", "benchmarks.bench_fserasing", *args,
                           "--only-batched"], env=env, capture_output=True, text=True, check=True)
     return json.loads(run.stdout)
@@ -229,8 +234,11 @@ def main() -> None:
                         help="both: comparison 1 again in child processes with and without "
                              "the allocator setting of reference §8")
     parser.add_argument("--only-batched", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -259,7 +267,8 @@ def main() -> None:
         return
     if args.allocator == "both":
         results["batched_by_allocator"] = {
-            "with_setting": batched_in_child(True), "without_setting": batched_in_child(False)}
+            "with_setting": batched_in_child("env"), "without_setting": batched_in_child("none"),
+            "run_time_setting": batched_in_child("run-time")}
 
     # 2. per image, one thread (as in DataLoader workers)
     torch.set_num_threads(1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from parsing.core.allocator import keep_freed_memory
 from parsing.core.errors import InputError
 
 __all__ = ["ArgumentParser", "cli_main", "device", "finite_float", "non_negative_float",
@@ -30,11 +31,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def cli_main(fn: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a CLI ``main(argv)``: user errors print ``error: ...`` and return 2."""
+    """Wrap a CLI ``main(argv)``: user errors print ``error: ...`` and return 2.
+
+    The command also gets glibc's allocator setting of reference §8
+    (:func:`parsing.core.allocator.keep_freed_memory`) unless its environment sets one."""
 
     @functools.wraps(fn)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        keep_freed_memory()
         try:
             fn(argv)
         except (InputError, OSError) as exc:
