@@ -167,7 +167,7 @@ class AttributeRegions:
 def plot_heatmap(table: np.ndarray, rows: Sequence[str], path: str | Path, title: str) -> None:
     """Outputs x regions heat map, each row scaled by its largest absolute mean (blank: the
     region never present)."""
-    scale = np.nanmax(np.abs(table), axis=1, keepdims=True)
+    scale = np.abs(np.nan_to_num(table)).max(axis=1, keepdims=True)
     scaled = table / np.where(scale > 0, scale, 1.0)
     fig = Figure(figsize=(0.36 * FSE25.num_classes + 2.5, 0.32 * len(rows) + 1.8))
     ax = fig.subplots()

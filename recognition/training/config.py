@@ -169,12 +169,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a YAML file (insightface field names) with ``overrides`` on top.
+def load_config(path: str | os.PathLike | None = None,
+                config_class: type[TrainConfig] = TrainConfig, **overrides: Any) -> TrainConfig:
+    """A TrainConfig (or a subclass: ``config_class``) from a YAML file (insightface field
+    names) with ``overrides`` on top.
 
     ``None`` overrides are ignored, so unset command-line flags keep the file's values.
     """
@@ -189,7 +187,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
-    known = _fields()
+    known = {f.name: f for f in dataclasses.fields(config_class)}
     for key in sorted(set(values) - set(known)):
         if key in _IGNORED_INSIGHTFACE_KEYS:
             log.warning("%s: ignoring insightface field %r (not used here)", path, key)
@@ -208,6 +206,6 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
     if isinstance(values.get("rec"), list):
         raise InputError(f"{path}: multi-dataset 'rec' lists are not supported; give one path")
     try:
-        return TrainConfig(**values)
+        return config_class(**values)
     except TypeError as exc:
         raise InputError(f"{path or 'config'}: {exc}") from None
