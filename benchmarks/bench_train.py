@@ -4,7 +4,7 @@ Both train the same backbone with the same PartialFC ArcFace head, SGD and batch
 this one process. The baseline is the least a loop can do: forward, loss, backward, gradient
 clipping (insightface's, which our loop also does), step, on a batch already in memory as a
 normalised float tensor. Ours is the real loop: ``Trainer.loader`` decodes PNGs (and label
-maps for FSErasing) of a ``parsing.synth`` folder, ``Trainer.train_step`` normalises, flips,
+maps for FSErasing) of a ``parsing.synth`` folder, ``Trainer.optimize_step`` normalises, flips,
 (erases), runs the step and the LR scheduler. Steps alternate between the two in rounds and
 the medians of the step times (wall clock and process CPU time) are compared, as is the
 median of the per-round ratios.
@@ -86,7 +86,7 @@ class OurLoop:
         except StopIteration:
             self.batches = iter(self.trainer.loader)
             batch = next(self.batches)
-        self.trainer.train_step(batch)
+        self.trainer.optimize_step(batch)
 
 
 def timed(fn, sync=lambda: None) -> tuple[float, float]:

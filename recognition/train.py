@@ -13,8 +13,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch.distributed as dist
-
 from fserasing.augment import list_augmentations
 from parsing.core.cli import (
     ArgumentParser,
@@ -28,6 +26,7 @@ from parsing.core.cli import (
 )
 from parsing.core.errors import InputError
 from parsing.core.paths import data_path, output_dir
+from parsing.core.training import teardown_distributed
 from recognition.training.config import TrainConfig, load_config
 from recognition.training.trainer import Trainer
 
@@ -189,8 +188,7 @@ def run(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig,
     try:
         result = trainer.train()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown_distributed()
     if trainer.is_main:
         summary = {"output": str(trainer.out), "global_step": trainer.global_step, **result}
         (trainer.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from parsing.core.errors import InputError
+from parsing.core.training import EpochSampler, PolyWarmup
 from parsing.synth import write_dataset
 from recognition.backbones import create_backbone
 from recognition.train import main
 from recognition.training.config import load_config
-from recognition.training.trainer import EpochSampler, PolyWarmup, init_class_centres
+from recognition.training.trainer import init_class_centres
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--import", "tests.recog_helpers", "--embedding-size", "16", "--workers", "0",
