@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from parsing.core.cli import ArgumentParser, cli_main, non_negative_float
+from parsing.core.cli import ArgumentParser, cli_main, non_negative_float, positive_int
 from recognition.attributes.data import list_attribute_datasets
 from recognition.attributes.models import list_attentions
 from recognition.attributes.training import AttributeConfig, AttributeTrainer
@@ -39,6 +39,8 @@ def build_arg_parser() -> ArgumentParser:
     a("--backbone-checkpoint", help="initial backbone weights (e.g. a recognizer's model.pt)")
     a("--expression-weight", type=non_negative_float,
       help="weight of the expression loss beside the attribute loss (default 1)")
+    a("--image-size", type=positive_int,
+      help="faces are centre-cropped to a square and resized to this (default 112)")
     a("--split", choices=("train", "val", "test", "all"), help="split to train on (train)")
     a("--val-split", choices=("train", "val", "test", "all"),
       help="split validated on every --val-every steps and at the end (default val)")
