@@ -12,7 +12,8 @@ faces: mean accuracy, mean balanced accuracy and expression accuracy (mean ± st
 the paired difference fserasing - none with a 95 % t interval), per-attribute accuracy, and the
 top-1 hit rate of FS-CAM (remove) and region-aggregated Grad-CAM on the regions that carry the
 exactly-known attributes (``cam.attributes``; eyeglasses: eyes, around-eye, glasses; hat:
-headwear, forehead; open mouth and smile: mouth). Runs are cached by config hash under
+headwear, forehead; open mouth and smile: mouth; black and blond hair: hair, a positive
+control the model learns first). Runs are cached by config hash under
 ``OUT/cache``. Writes ``study.json``, ``study.md`` and ``heatmap_<method>.png`` (seed 0,
 fserasing) under ``--out``.
 """
@@ -48,7 +49,8 @@ from recognition.attributes.models import load_attribute_model
 from recognition.attributes.training import AttributeConfig, AttributeTrainer
 
 ARMS = ("none", "fserasing")
-EXPLAINED = ("Eyeglasses", "Wearing_Hat", "Mouth_Slightly_Open", "Smiling")
+EXPLAINED = ("Eyeglasses", "Wearing_Hat", "Mouth_Slightly_Open", "Smiling", "Black_Hair",
+             "Blond_Hair")
 HEADLINE = ("mean_accuracy", "mean_balanced_accuracy", "expression_accuracy")
 
 
@@ -62,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identities", type=int, default=250)
     p.add_argument("--per-identity", type=int, default=6)
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--network", default="timm:resnet10t")
     p.add_argument("--attention", default="gc")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--explain", type=int, default=96, help="test faces explained per model")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--explain", type=int, default=64, help="test faces explained per model")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     test = open_attribute_dataset(spec, "test", masks="labels", size=args.size)
     fields = dict(rec=spec, network=args.network, network_kwargs={}, embedding_size=128,
                   attention=args.attention, image_size=args.size, num_epoch=args.epochs,
-                  warmup_epoch=1, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                  warmup_epoch=1, batch_size=args.batch_size, optimizer=args.optimizer,
+                  lr=args.lr, weight_decay=args.weight_decay, device=args.device,
                   num_workers=0, frequent=1000, verbose=10**9, val_split=None)
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
