@@ -28,6 +28,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from cam.base import Explainer
 from cam.fscam import FSCAM
 from cam.gradcam import GradCAM
 from cam.metrics import top_k_hit_rate
@@ -62,7 +63,7 @@ class Output:
     truth: tuple[int, ...] = ()
 
 
-def region_scores(method: str, explainer: nn.Module, images: Tensor, label_maps: Tensor,
+def region_scores(method: str, explainer: Explainer, images: Tensor, label_maps: Tensor,
                   column: int) -> Tensor:
     """(B, 25) scores of each region for output ``column`` (NaN where a region is absent)."""
     target = ClassTarget(column)
@@ -104,7 +105,7 @@ class AttributeRegions:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise InputError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        self.explainers: dict[str, nn.Module] = {}
+        self.explainers: dict[str, Explainer] = {}
         for method in self.methods:
             if method == "fscam":
                 self.explainers[method] = FSCAM(self.model, mode=self.mode,

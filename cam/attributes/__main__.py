@@ -90,12 +90,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = output_dir(args.out, {"--model": args.model, "--data": data_path(args.data),
                                 "--masks": args.masks, "--parser": args.parser},
                      overwrite=args.overwrite)
-    model = load_attribute_model(args.model, args.device)
     masks = args.masks
     if masks is None and args.parser is None:
         if not args.data.startswith("synth:"):
             raise InputError("face regions needed: give --masks or --parser")
         masks = "labels"
+    model = load_attribute_model(args.model, args.device)
     dataset = open_attribute_dataset(args.data, args.split, masks=masks, size=model.image_size)
     parser = None
     if args.parser is not None:
