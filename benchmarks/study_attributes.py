@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
                   attention=args.attention, image_size=args.size, num_epoch=args.epochs,
                   warmup_epoch=1, batch_size=args.batch_size, optimizer=args.optimizer,
                   lr=args.lr, weight_decay=args.weight_decay, device=args.device,
-                  num_workers=0, frequent=1000, verbose=10**9, val_split=None)
+                  num_workers=0, frequent=1000, verbose=10**9)
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
         for arm in ARMS:
