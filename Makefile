@@ -46,9 +46,9 @@ demo: $(STAMP)
 	@echo "== 3. train a small face parser, predict masks for the recognition set"
 	$(PY) -m parsing.train --data synth:$(DEMO)/synth --out $(DEMO)/parser --width 16 \
 		--epochs $(PARSER_EPOCHS) --batch-size 8 --lr 1e-2 --augment flip --class-weights
-	$(PY) -m parsing.evaluate --checkpoint $(DEMO)/parser/best.pt --data synth:$(DEMO)/synth_val \
+	$(PY) -m parsing.evaluate --checkpoint $(DEMO)/parser --data synth:$(DEMO)/synth_val \
 		--split all --out $(DEMO)/parser/eval.json
-	$(PY) -m parsing.predict --checkpoint $(DEMO)/parser/best.pt --images $(DEMO)/synth/images \
+	$(PY) -m parsing.predict --checkpoint $(DEMO)/parser --images $(DEMO)/synth/images \
 		--out $(DEMO)/masks --sheet $(DEMO)/parser_sheet.png
 	@echo "== 4. train a recognizer with FSErasing on the predicted masks"
 	$(PY) -m recognition.train --data $(DEMO)/synth --val synth:$(DEMO)/synth_val \
@@ -72,7 +72,7 @@ demo: $(STAMP)
 	@echo "== 6. FS-CAM beside Grad-CAM, RISE and Group-CAM for the trained model"
 	$(PY) -m cam.fscam --image $(DEMO)/synth_val/images/000000.png \
 		--reference $(DEMO)/synth_val/images/000001.png --aligned \
-		--model $(DEMO)/recognition/model.pt --parser $(DEMO)/parser/best.pt \
+		--model $(DEMO)/recognition/model.pt --parser $(DEMO)/parser \
 		--method all --rise-masks 500 --mark $(ID_REGIONS) --out $(DEMO)/explain
 	@echo "== 7. real photos: detect, align, annotate 25 regions, erase, recolour"
 	$(PY) -m parsing.photos --out $(DEMO)/photos

@@ -3,7 +3,7 @@
 Run from the repository root (export the allocator setting of reference §8 first):
 
     python -m benchmarks.bench_masks --work runs/bench/masks --faces 10000 \\
-        --scales 10000 100000 --parser runs/demo/parser/best.pt --json runs/bench/masks.json
+        --scales 10000 100000 --parser runs/demo/parser --json runs/bench/masks.json
 
 1. **Codes** for 112x112 FSE-25 maps (the synthetic faces' true maps, and the maps ``--parser``
    predicts for them): bytes and encode/decode time of PNG, a byte run-length code
@@ -49,6 +49,7 @@ from parsing.core.io import write_label_map
 from parsing.core.labels import FSE25
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, encode_mask, merge_stores
 from parsing.core.recordio import RecordIOReader, unpack
+from parsing.parser.inference import save_parser
 from parsing.parser.models import create_model
 from parsing.parser.prediction import predict_store
 from parsing.synth import generate
@@ -214,7 +215,7 @@ def breakdown(paths: dict[str, Path], samples: int, rounds: int, seed: int) -> d
     ds = RecordIOFaces(paths["rec"], masks=paths["store"])
     source, root = ds.mask_source, ds.root
     order = np.random.default_rng(seed).permutation(len(ds))[:samples].tolist()
-    images = {i: ds._read(i)[0] for i in order}
+    images = {i: ds._read(i)["image"] for i in order}
     masks = {i: source.load(i, ds.image_path(i), root) for i in order}
     parts = {
         "image: read + JPEG decode": lambda i: ds._read(i),
@@ -256,10 +257,8 @@ def predict_rate(work: Path, rec_root: Path, faces: int, parser: Path | None, wi
     if parser is None:
         torch.manual_seed(0)
         model = create_model("unet_r18", num_classes=25, width=width)
-        parser = work / f"unet_r18_w{width}.pt"
-        torch.save({"model": model.state_dict(), "model_name": "unet_r18",
-                    "model_kwargs": {"width": width}, "num_classes": 25, "label_set": "fse25"},
-                   parser)
+        parser = save_parser(work / f"unet_r18_w{width}.pt", model, "unet_r18",
+                             {"width": width})
     # the first `faces` images of the set, as their own train.rec (same JPEG bytes)
     reader = RecordIOReader(rec_root / "train.rec")
     records = [unpack(reader.read(k)) for k in range(1, faces + 1)]

@@ -114,11 +114,11 @@ def prepare_synthetic(args: argparse.Namespace, root: Path) -> dict:
             "--augment", "flip", "--class-weights", "--workers", "0", "--device", args.device,
             "--overwrite"]),
             "parsing.train")
-        check(parsing_predict.main(["--checkpoint", str(parser_dir / "best.pt"), "--images",
+        check(parsing_predict.main(["--checkpoint", str(parser_dir), "--images",
                                     str(train / "images"), "--out", str(parser_dir / "masks"),
                                     "--workers", "0", "--device", args.device, "--overwrite"]),
               "parsing.predict")
-        check(parsing_evaluate.main(["--checkpoint", str(parser_dir / "best.pt"), "--data",
+        check(parsing_evaluate.main(["--checkpoint", str(parser_dir), "--data",
                                      f"synth:{held_out}", "--split", "all", "--workers", "0",
                                      "--device", args.device, "--out",
                                      str(parser_dir / "eval.json"), "--overwrite"]),

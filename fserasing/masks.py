@@ -31,6 +31,7 @@ from parsing.core.io import load_checkpoint, read_image, read_label_map
 from parsing.core.labels import LabelSet, get_label_set
 from parsing.core.maskstore import STORE_NAME, MaskStore
 from parsing.core.paths import check_unique_keys
+from parsing.core.pixels import image_tensor
 
 __all__ = ["MaskSource", "MaskFolder", "MaskStoreSource", "MaskTensor", "MaskCallable",
            "open_mask_source", "MaskedImageFolder"]
@@ -202,8 +203,9 @@ def open_mask_source(masks: Any) -> MaskSource:
 class MaskedImageFolder(datasets.ImageFolder):
     """``ImageFolder`` (class = sorted sub-folder index) whose samples carry parsing masks.
 
-    ``ds[i] -> (image, mask, label)``: a uint8 ``tv_tensors.Image`` (3, H, W), its
-    ``tv_tensors.Mask`` (H, W) and the class index, after ``transform(image, mask)`` if given
+    ``ds[i]`` is a sample (:mod:`parsing.core.samples`) ``{"image", "mask", "label"}``: a uint8
+    ``tv_tensors.Image`` (3, H, W), its ``tv_tensors.Mask`` (H, W) and the class index (the
+    sorted sub-folder), after ``transform(image, mask)`` if given
     (a v2 transform or ``v2.Compose``, so geometric transforms keep both aligned). ``masks`` is
     anything :func:`open_mask_source` accepts. A missing mask fails at construction; a mask
     whose size differs from its image, or with ids outside ``label_set``, fails when loaded;
@@ -226,10 +228,10 @@ class MaskedImageFolder(datasets.ImageFolder):
         self.transform = transform
         self.mask_source.check_dataset([Path(p) for p, _ in self.samples], Path(self.root))
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
         path, root = Path(path), Path(self.root)
-        image = tv_tensors.Image(torch.from_numpy(read_image(path).copy()).permute(2, 0, 1))
+        image = tv_tensors.Image(image_tensor(read_image(path)))
         where = self.mask_source.describe(index, path, root)
         mask = self.mask_source.load(index, path, root)
         if mask.ndim != 2 or mask.shape != image.shape[-2:]:
@@ -239,7 +241,7 @@ class MaskedImageFolder(datasets.ImageFolder):
         mask = tv_tensors.Mask(mask)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        return image, mask, label
+        return {"image": image, "mask": mask, "label": label}
 
 
 def _size(t: torch.Tensor) -> str:

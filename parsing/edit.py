@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--image", required=True, type=Path, help="photo to edit")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--parser", type=Path, help="parser checkpoint (parsing.train)")
+    source.add_argument("--parser", type=Path,
+                        help="a parsing.train run folder or its model.pt")
     source.add_argument("--annotate", action="store_true",
                         help="label with Face Mesh landmarks (face interior only: no hair)")
     source.add_argument("--labels", type=Path, help="FSE-25 label map PNG of the photo")

@@ -1,6 +1,6 @@
 """Evaluate a trained parser on a data set: confusion matrix, per-class F1, mean F1, mIoU.
 
-``python -m parsing.evaluate --checkpoint runs/parser/best.pt --data synth:data/synth_test``
+``python -m parsing.evaluate --checkpoint runs/parser --data synth:data/synth_test``
 prints a table and writes the scores (and the confusion matrix) as JSON (reference §2.5; the
 conventions are those of :mod:`parsing.parser.metrics`).
 """
@@ -23,6 +23,7 @@ from parsing.core.cli import (
     positive_int,
     probability,
 )
+from parsing.core.io import model_files
 from parsing.core.paths import data_path, output_file
 from parsing.parser.data import (
     build_dataset,
@@ -40,14 +41,15 @@ log = logging.getLogger("parsing.evaluate")
 def build_arg_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m parsing.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a parsing.train run folder or its model.pt")
     p.add_argument("--data", required=True, help="KIND:PATH (synth, facesynthetics, celebamask, "
                    "folder)")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help="default: test where the data has an official split, else all")
     p.add_argument("--val-split", type=probability, default=None,
-                   help="held-out fraction for --split val/train (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's)")
+                   help="held-out fraction for --split val/train (default: the run's)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the run's)")
     p.add_argument("--align", action="store_true", default=None,
                    help="facesynthetics: 5-point alignment (default: as in training)")
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -55,7 +57,7 @@ def build_arg_parser() -> ArgumentParser:
     p.add_argument("--device", type=device, default=default_device())
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files, report them")
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON file (default: evaluation_<kind>_<split>.json beside the checkpoint)")
+                   help="JSON file (default: evaluation_<kind>_<split>.json in the run folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
 
@@ -65,22 +67,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
     spec = parse_data_spec(args.data)
     split = args.split or ("test" if has_official_split(spec) else "all")
-    out = args.out or Path(args.checkpoint).parent / f"evaluation_{spec.kind}_{split}.json"
-    model, ckpt = model_from_checkpoint(args.checkpoint, args.device)
-    output_file(out, {"--checkpoint": args.checkpoint, "--data": data_path(args.data)},
+    checkpoint = model_files(args.checkpoint)
+    out = args.out or checkpoint[0].parent / f"evaluation_{spec.kind}_{split}.json"
+    model, info = model_from_checkpoint(args.checkpoint, args.device)
+    output_file(out, {"--checkpoint": checkpoint, "--data": data_path(args.data)},
                 overwrite=args.overwrite)
-    train_args = ckpt.get("args", {})
-    align = args.align if args.align is not None else bool(train_args.get("align", False))
+    align = args.align if args.align is not None else bool(info.get("align", False))
     dataset = build_dataset(
-        spec, split, ckpt["label_set"], eval_transform(), align=align,
-        size=ckpt.get("image_size") or 112,
+        spec, split, info["label_set"], eval_transform(), align=align,
+        size=info.get("image_size") or 112,
         val_fraction=args.val_split if args.val_split is not None
-        else train_args.get("val_split", 0.1),
-        seed=args.seed if args.seed is not None else train_args.get("seed", 0),
+        else info.get("val_split", 0.1),
+        seed=args.seed if args.seed is not None else info.get("seed", 0),
         skip_bad=args.skip_bad)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate)
-    parser = Parser(model, ckpt["label_set"], ckpt.get("image_size"), args.batch_size)
+    parser = Parser(model, info["label_set"], info.get("image_size"), args.batch_size)
     cm, skipped = confusion_over(parser, loader)
     scores = cm.scores()
     scores.update(checkpoint=str(args.checkpoint), data=str(spec), split=split,

@@ -1,6 +1,6 @@
 """Predict label maps for a folder (or list) of face images: this is how FSErasing gets masks.
 
-    python -m parsing.predict --checkpoint runs/parser/best.pt --images data/faces \\
+    python -m parsing.predict --checkpoint runs/parser --images data/faces \\
         --out data/faces_masks [--overlay]
 
 Writes one single-channel label PNG per image at the same relative path with a ``.png``
@@ -14,7 +14,7 @@ OUT must be new or empty (``--overwrite`` writes over what it holds) and apart f
 
 At scale, write a mask store instead of PNGs (:mod:`parsing.parser.prediction`)::
 
-    torchrun --nproc_per_node=8 -m parsing.predict --checkpoint best.pt --images DATA \
+    torchrun --nproc_per_node=8 -m parsing.predict --checkpoint runs/parser --images DATA \
         --store DATA/masks.rec
 
 ``--images`` may then also be a ``train.rec`` (or its folder). Each process predicts its
@@ -35,12 +35,12 @@ from torch.utils.data import DataLoader
 
 from parsing.core.cli import ArgumentParser, cli_main, device, non_negative_int, positive_int
 from parsing.core.errors import InputError
-from parsing.core.io import list_images, write_label_map
+from parsing.core.io import list_images, model_files, write_label_map
 from parsing.core.paths import check_unique_keys, output_dir, output_file
 from parsing.core.pixels import denormalise
 from parsing.core.progress import progress_bar
+from parsing.core.samples import BadSample
 from parsing.core.viz import contact_sheet, overlay
-from parsing.parser.data import BadSample
 from parsing.parser.inference import ImageFiles, Parser, default_device
 from parsing.parser.prediction import predict_store
 
@@ -48,7 +48,8 @@ from parsing.parser.prediction import predict_store
 def build_arg_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m parsing.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a parsing.train checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a parsing.train run folder or its model.pt")
     p.add_argument("--images", required=True, help="image directory or list file (with "
                    "--store also a train.rec or its folder)")
     p.add_argument("--out", type=Path, help="output directory for label PNGs")
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_unique_keys(paths, [r.with_suffix("").as_posix() for r in rels],
                       f"--images {args.images}")
     inputs = {"--images": [args.images, *sorted({p.parent for p in paths})],
-              "--checkpoint": args.checkpoint}
+              "--checkpoint": model_files(args.checkpoint)}
     output_dir(args.out, inputs, overwrite=args.overwrite)
     overlay_dir = None
     if args.overlay is not None:

@@ -49,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     faces = SynthFaces(args.faces)
     output_dir(args.out, {"--faces": args.faces}, overwrite=args.overwrite)
     samples = [faces[i] for i in progress_bar(range(len(faces)), desc="read faces", unit="img")]
-    images = torch.stack([s[0] for s in samples])
+    images = torch.stack([s["image"] for s in samples])
     protocol, identification = write_synthetic_protocol(
-        args.out, images, torch.stack([s[2] for s in samples]),
+        args.out, images, torch.stack([s["landmarks"] for s in samples]),
         np.asarray(faces.identities), args.name, args.seed)
     print(json.dumps({"out": str(protocol.root), "name": protocol.name,
                       "images": len(protocol), "templates": int(len(np.unique(protocol.templates))),

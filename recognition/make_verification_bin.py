@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     encoded = {}
     for i in progress_bar(np.unique(np.concatenate([first, second])), desc="encode", unit="img"):
         buffer = io.BytesIO()
-        Image.fromarray(faces[int(i)][0].permute(1, 2, 0).numpy()).save(buffer, format="JPEG",
-                                                                        quality=95)
+        Image.fromarray(faces.load_image(int(i)).permute(1, 2, 0).numpy()).save(
+            buffer, format="JPEG", quality=95)
         encoded[int(i)] = buffer.getvalue()
     images = [encoded[int(i)] for pair in zip(first, second, strict=True) for i in pair]
     write_bin(args.out, images, issame)

@@ -626,12 +626,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli_setup, capsys):
 
 def _tiny_parser_checkpoint(path):
     from parsing import create_model
-    from parsing.core.io import atomic_save
+    from parsing.parser.inference import save_parser
 
     torch.manual_seed(0)
-    model = create_model("unet_r18", num_classes=25, width=8)
-    atomic_save({"model": model.state_dict(), "model_name": "unet_r18",
-                 "model_kwargs": {"width": 8}, "num_classes": 25, "label_set": "fse25"}, path)
+    save_parser(path, create_model("unet_r18", num_classes=25, width=8), "unet_r18",
+                {"width": 8})
 
 
 @pytest.mark.slow

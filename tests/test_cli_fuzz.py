@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from parsing.core.io import atomic_save, write_label_map
+from parsing.core.io import atomic_save, write_label_map, write_model
 from parsing.parser.models import create_model
 from parsing.synth import write_dataset
 from recognition.backbones import create_backbone
@@ -208,10 +208,12 @@ CASES = [
 
 
 def _parser_checkpoint(path, **changes):
-    ckpt = {"model": create_model("unet_r18", num_classes=25, width=4).state_dict(),
-            "model_name": "unet_r18", "model_kwargs": {"width": 4}, "num_classes": 25,
+    """``path`` (weights) and the JSON beside it, as parsing.train writes them, with
+    ``changes`` to the JSON."""
+    info = {"model_name": "unet_r18", "model_kwargs": {"width": 4}, "num_classes": 25,
             "label_set": "fse25", "image_size": 112}
-    atomic_save({**ckpt, **changes}, path)
+    write_model(path, create_model("unet_r18", num_classes=25, width=4).state_dict(),
+                {**info, **changes})
 
 
 def _ijbc(root: Path, faces: Path) -> None:

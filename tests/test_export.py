@@ -59,9 +59,9 @@ def test_checkpoint_errors_name_the_file_and_keys(tmp_path):
 
 def test_export_cli_on_a_training_checkpoint(tmp_path, capsys):
     model = calibrated("mbf")
-    atomic_save({"backbone": model.state_dict(), "step": 10}, tmp_path / "run" / "last.pt")
+    atomic_save({"backbone": model.state_dict(), "step": 10}, tmp_path / "run" / "checkpoint.pt")
     onnx_path = tmp_path / "out" / "mbf.onnx"
-    code = main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--network", "mbf",
+    code = main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--network", "mbf",
                  "--onnx", str(onnx_path), "--opset", "17"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)

@@ -555,7 +555,7 @@ def test_masked_image_folder_pairs_masks_by_relative_path(tmp_path):
     assert ds.classes == ["person_0", "person_1"] and len(ds) == 4
     order = [rels.index(str(Path(p).relative_to(tmp_path / "images"))) for p, _ in ds.samples]
     for i, j in enumerate(order):
-        image, mask, label = ds[i]
+        image, mask, label = (ds[i][k] for k in ("image", "mask", "label"))
         assert isinstance(image, tv_tensors.Image) and isinstance(mask, tv_tensors.Mask)
         assert torch.equal(mask.as_subclass(torch.Tensor), masks[j]) and label == j % 2
         assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
@@ -567,7 +567,7 @@ def test_masked_image_folder_pairs_masks_by_relative_path(tmp_path):
     for source in (tmp_path / "masks.pt", str(tmp_path / "masks.npy"), stacked,
                    lambda path: masks[rels.index(path.split("images/")[1])].numpy()):
         ds = MaskedImageFolder(tmp_path / "images", source, transform=tf)
-        image, mask, label = ds[1]
+        mask = ds[1]["mask"]
         assert torch.equal(mask.as_subclass(torch.Tensor), stacked[1].flip(-1))
 
 

@@ -19,7 +19,7 @@ from parsing.core.errors import DataError, InputError
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, decode_mask, encode_mask
 from parsing.core.pixels import normalise
 from parsing.core.recordio import read_index
-from parsing.parser.inference import Parser
+from parsing.parser.inference import Parser, save_parser
 from parsing.parser.models import create_model
 from parsing.synth import generate
 from recognition.data.datasets import RecordIOFaces
@@ -33,10 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parser_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("unet_r18", num_classes=25, width=4)  # untrained: varied label maps
-    path = tmp_path_factory.mktemp("parser") / "parser.pt"
-    torch.save({"model": model.state_dict(), "model_name": "unet_r18",
-                "model_kwargs": {"width": 4}, "num_classes": 25, "label_set": "fse25"}, path)
-    return path
+    return save_parser(tmp_path_factory.mktemp("parser"), model, "unet_r18", {"width": 4})
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +153,7 @@ def test_two_process_gloo_prediction_has_every_key_once(folder, parser_ckpt, tmp
     for name, mask in zip(rels, expected, strict=True):
         assert np.array_equal(store[name], mask.numpy())
     ds = MaskedImageFolder(folder, tmp_path / "two" / "masks.rec")
-    image, mask, label = ds[5]
+    image, mask, label = (ds[5][k] for k in ("image", "mask", "label"))
     assert torch.equal(mask, torch.from_numpy(store[Path(ds.samples[5][0]).relative_to(
         folder).as_posix()])) and image.shape == (3, 24, 24)
 

@@ -9,9 +9,9 @@ from parsing.core.align import ARCFACE_TEMPLATE, align_face
 from parsing.core.errors import DataError, InputError
 from parsing.core.io import write_label_map
 from parsing.core.labels import CELEBAMASK_BISENET, CELEBAMASK_FARL, CELEBAMASK_OFFICIAL, FSE25
+from parsing.core.samples import BadSample
 from parsing.parser.data import (
     CELEBAMASK_PARTS,
-    BadSample,
     CelebAMaskHQ,
     FaceSynthetics,
     FolderDataset,
@@ -59,7 +59,8 @@ def test_facesynthetics_fse25_reads_labelled_frames_only(facesynthetics):
     root, written = facesynthetics
     ds = FaceSynthetics(root, labels="fse25")
     assert ds.samples == [0, 1, 3] and len(ds) == 3
-    image, label_map = ds[2]
+    image, label_map = ds[2]["image"], ds[2]["mask"]
+    assert set(ds[2]) == {"image", "mask"}
     assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
     assert np.array_equal(image.permute(1, 2, 0).numpy(), written[3][0])
     assert np.array_equal(label_map.numpy(), written[3][2])
@@ -69,13 +70,13 @@ def test_facesynthetics_own_classes(facesynthetics):
     root, written = facesynthetics
     ds = FaceSynthetics(root, labels="facesynthetics")
     assert len(ds) == 4
-    assert np.array_equal(ds[2][1].numpy(), written[2][1])  # 255 kept as ignore
+    assert np.array_equal(ds[2]["mask"].numpy(), written[2][1])  # 255 kept as ignore
 
 
 def test_facesynthetics_align_matches_align_face(facesynthetics):
     root, written = facesynthetics
     ds = FaceSynthetics(root, labels="fse25", align=True, size=112)
-    image, label_map = ds[0]
+    image, label_map = ds[0]["image"], ds[0]["mask"]
     pts = torch.tensor(ARCFACE_TEMPLATE.numpy() * 0.5 + np.array([4.0, 6.0]))
     src = torch.from_numpy(written[0][0]).permute(2, 0, 1)
     ref = align_face(src, pts)  # the file holds the points to 4 decimals: off by <= 1 level
@@ -126,7 +127,7 @@ def test_celebamask_paints_parts_in_official_order(tmp_path):
     }
     _write_celebamask(tmp_path, {2001: parts})
     ds = CelebAMaskHQ(tmp_path, split="all")
-    image, label_map = ds[0]
+    image, label_map = ds[0]["image"], ds[0]["mask"]
     assert image.shape == (3, 16, 16)  # resized to the masks' size
     expected = np.zeros((16, 16), dtype=np.uint8)
     for part_id, part in enumerate(CELEBAMASK_PARTS, start=1):
@@ -142,7 +143,7 @@ def test_celebamask_paints_parts_in_official_order(tmp_path):
     assert label_map[13, 7] == off.id("neck")  # neck (17) painted after necklace (16)
     assert label_map[13, 5] == off.id("neck_l")
     for order in (CELEBAMASK_BISENET, CELEBAMASK_FARL):
-        other = CelebAMaskHQ(tmp_path, split="all", labels=order.key)[0][1]
+        other = CelebAMaskHQ(tmp_path, split="all", labels=order.key)[0]["mask"]
         names = np.array(order.names)[other.numpy()]
         assert (names == np.array(off.names)[expected]).all()
 
@@ -181,9 +182,9 @@ def test_folder_layout_with_lists(tmp_path):
     (tmp_path / "train.txt").write_text("a/x\na/y.png\n")
     (tmp_path / "val.txt").write_text("b\n")
     train = FolderDataset(tmp_path, split="train")
-    assert len(train) == 2 and int(train[1][1][0, 0]) == 3
+    assert len(train) == 2 and int(train[1]["mask"][0, 0]) == 3
     assert len(FolderDataset(tmp_path, split="all")) == 3
-    assert int(build_dataset(f"folder:{tmp_path}", "val")[0][1][0, 0]) == 1
+    assert int(build_dataset(f"folder:{tmp_path}", "val")[0]["mask"][0, 0]) == 1
     write_label_map(tmp_path / "labels" / "b.png", np.full((8, 8), 40, np.uint8))
     with pytest.raises(DataError, match=r"labels/b.png.*outside fse25"):
         FolderDataset(tmp_path, split="val")[0]
@@ -202,9 +203,9 @@ def test_synth_layout_split_and_corrupt_file(tmp_path):
     with pytest.raises(DataError, match="000003.png"):
         ds[3]
     skipping = build_dataset(f"synth:{root}", "all", skip_bad=True)
-    images, label_maps, bad = collate([skipping[i] for i in range(5)])
-    assert images.shape[0] == 4 and label_maps.shape == (4, 32, 32)
-    assert len(bad) == 1 and "000003.png" in bad[0]
+    batch = collate([skipping[i] for i in range(5)])
+    assert batch["image"].shape[0] == 4 and batch["mask"].shape == (4, 32, 32)
+    assert batch["skipped"] == 1 and "000003.png" in batch["errors"][0]
     counts = count_labels(skipping, 25)
     assert counts.sum() == 8 * 32 * 32
 

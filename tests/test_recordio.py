@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from parsing.core.errors import DataError, InputError
 from parsing.core.recordio import MAGIC, RecordIOReader, RecordIOWriter, encode_frames, pack, unpack
+from parsing.core.samples import BadSample
 from recognition.data.datasets import RecordIOFaces, collate_faces, open_dataset
 from recognition.data.recordio import pack_image_folder, write_recordio
 from recognition.make_recordio import main
@@ -181,7 +182,7 @@ def test_malformed_records_name_the_record(tmp_path):
     assert batch["label"].tolist() == [0, 0, 0, 2, 2, 2]  # bad slots 1, 3 <- samples 2, 5
     assert torch.equal(batch["image"][3], batch["image"][5])
     with pytest.raises(DataError, match="all 2 samples of a batch are unreadable"):
-        collate_faces([None, None])
+        collate_faces([BadSample("a"), BadSample("b")])
     rec.write_bytes(bytes(data[: offsets[5] + 100]))  # truncated file
     with pytest.raises(DataError, match=r"record 7 \(byte \d+\): truncated frame header"):
         RecordIOFaces(tmp_path)

@@ -193,7 +193,8 @@ def test_face_dataset_registry(scratch, tmp_path):
             return (path / "toy.txt").is_file()
 
         def _read(self, index):
-            return torch.zeros(3, 4, 4, dtype=torch.uint8), int(self.labels[index])
+            return {"image": torch.zeros(3, 4, 4, dtype=torch.uint8),
+                    "label": int(self.labels[index])}
 
     assert "toy" in datasets.list_face_datasets()
     (tmp_path / "toy.txt").touch()

@@ -225,11 +225,12 @@ def test_reader_round_trip_and_transform(tmp_path):
     ds = SynthFaces(root)
     assert len(ds) == 6 and ds.identities == ids.tolist()
     for i in range(6):
-        image, label_map, points, identity = ds[i]
+        assert set(ds[i]) == {"image", "mask", "landmarks", "identity"}
+        image, label_map, points, identity = ds[i].values()
         assert torch.equal(image, images[i]) and torch.equal(label_map, labels[i])
         assert torch.allclose(points, landmarks[i], atol=1e-3) and identity == ids[i]
     flipped = SynthFaces(root, transform=v2.RandomHorizontalFlip(p=1.0))
-    image, label_map, points, _ = flipped[0]
+    image, label_map, points, _ = flipped[0].values()
     assert torch.equal(image, images[0].flip(-1)) and torch.equal(label_map, labels[0].flip(-1))
     assert torch.allclose(points[:, 0], 111 - landmarks[0, :, 0], atol=1e-3)
     with open(root / "anno_list.csv") as f:

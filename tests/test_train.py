@@ -256,16 +256,15 @@ def test_two_process_gloo_matches_one_process(tmp_path, faces):
 
 @pytest.mark.slow
 def test_fserasing_with_masks_from_a_parser_checkpoint(tmp_path, faces):
+    from parsing.parser.inference import save_parser
     from parsing.parser.models import create_model
 
     model = create_model("unet_r18", num_classes=25, width=8)  # untrained: any label map will do
-    torch.save({"model": model.state_dict(), "model_name": "unet_r18",
-                "model_kwargs": {"width": 8}, "num_classes": 25, "label_set": "fse25"},
-               tmp_path / "parser.pt")
+    save_parser(tmp_path / "parser", model, "unet_r18", {"width": 8})
     out = tmp_path / "run"
     assert main(["--data", str(faces), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
                  "--epochs", "1", "--aug", "fserasing", "--aug-p", "1",
-                 "--masks", f"parser:{tmp_path / 'parser.pt'}", "--out", str(out)]) == 0
+                 "--masks", f"parser:{tmp_path / 'parser'}", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["global_step"] == 3
     assert (out / "model.pt").is_file()
 
@@ -277,7 +276,7 @@ def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):
     args = ["--data", str(data), "--network", "tiny_cnn", *TINY, "--batch-size", "8",
             "--epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 2
-    assert "000005.png: undecodable image" in capsys.readouterr().err
+    assert "000005.png: not a readable image" in capsys.readouterr().err
     assert main([*args, "--skip-bad"]) == 2  # the failed run left its files
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args, "--skip-bad", "--overwrite"]) == 0

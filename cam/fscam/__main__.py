@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                         "image's own embedding)")
     add_backbone_arguments(ap, flag="--model")
     labels = ap.add_mutually_exclusive_group()
-    labels.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
+    labels.add_argument("--parser", help="face parser: a parsing.train run folder or its model.pt")
     labels.add_argument("--labels", help="FSE-25 label PNG of the aligned --image, or with "
                                          "--images a folder of PNGs named like the images")
     ap.add_argument("--method", choices=(*list_explainers(), "all"), default="fscam")

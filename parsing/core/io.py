@@ -1,10 +1,12 @@
-"""Reading and writing images, label maps and checkpoints, with errors that name the file."""
+"""Reading and writing images, label maps, checkpoints and trained models (``model.pt`` +
+``model.json``), with errors that name the file."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
 import io
+import json
 import os
 import pickle
 import re
@@ -20,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from parsing.core.errors import DataError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: A trained model in a run folder: its state_dict (and beside it, ``model.json``).
+MODEL = "model.pt"
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -142,6 +146,46 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         first_line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
         reason = f"{type(exc).__name__}: {first_line.strip()}"
         raise DataError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
+def write_model(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                info: dict[str, Any]) -> None:
+    """Write a state_dict to ``path`` (``model.pt``) and ``info`` beside it as JSON, same stem
+    (``model.json``), both atomically."""
+    path = Path(path)
+    atomic_save({k: v.detach().cpu() for k, v in state.items()}, path)
+    with atomic_write(path.with_suffix(".json"), "w") as f:
+        f.write(json.dumps(info, indent=1))
+
+
+def model_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, info) files of a trained model given as a run folder (``model.pt``,
+    ``model.json``) or a weights file ``X.pt`` (``X.json`` beside it): what a command reads,
+    and so must not write over."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL).is_file():
+            raise DataError(f"{path}: no {MODEL} (not a run folder, or its first epoch has not "
+                            "ended)")
+        path = path / MODEL
+    return path, path.with_suffix(".json")
+
+
+def read_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+               ) -> tuple[Any, dict[str, Any] | None, Path]:
+    """(weights, info, weights file) of a run folder (its ``model.pt``) or a ``.pt`` file;
+    ``info`` is the JSON beside it (``model.json``), None if there is none."""
+    path, info_path = model_files(path)
+    state = load_checkpoint(path, map_location)
+    if not info_path.is_file():
+        return state, None, path
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{info_path}: not readable JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected a JSON object")
+    return state, info, path
 
 
 def list_images(source: str | os.PathLike, flag: str = "--images"

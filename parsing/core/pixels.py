@@ -1,8 +1,16 @@
-"""Pixel conventions: uint8 RGB images <-> the models' input, ``(x / 255 - 0.5) / 0.5``."""
+"""Pixel conventions: (H, W, 3) arrays -> (3, H, W) tensors -> the models' input,
+``(x / 255 - 0.5) / 0.5``."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB array (read-only ones too, as PIL gives) -> a contiguous (3, H, W)
+    uint8 tensor of its own."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)))
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

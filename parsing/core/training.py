@@ -47,9 +47,10 @@ folder and gathers the per-process states into the checkpoint.
   at the end of each epoch) and at the last step, with ``train_modules()`` in eval mode; the
   loop logs the results to
   ``metrics.jsonl`` and TensorBoard (``val/<name>``).
-* ``model_state() -> state_dict`` and ``model_info() -> dict``: what ``model.pt`` and
-  ``model.json`` hold, written at the end of every epoch by :meth:`Trainer.save_model`
-  (override it to keep, say, the best validated weights instead of the last).
+* ``model_info() -> dict`` and ``model_state() -> state_dict`` (default: ``self.model``'s):
+  what ``model.json`` and ``model.pt`` hold, written at the end of every epoch by
+  :meth:`Trainer.save_model` (override it to keep, say, the best validated weights instead of
+  the last).
 * ``shared_state() / load_shared_state(state)``: rank 0's part of the checkpoint (default:
   the ``model_state()`` weights and the optimizer state); ``rank_state() /
   load_rank_state(own, ranks)``: the part each process keeps for itself (sharded heads, ...).
@@ -88,20 +89,27 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.tensorboard import SummaryWriter
 
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import atomic_save, atomic_write, load_checkpoint, remove_stale_temporaries
+from parsing.core.io import (
+    MODEL,
+    atomic_save,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    write_model,
+)
 from parsing.core.progress import progress_bar
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "METRICS", "MODEL", "MODEL_INFO", "EpochSampler", "PolyWarmup",
     "RunConfig", "Trainer", "restore_rng_state", "rng_state", "setup_distributed",
-    "teardown_distributed", "to_cpu",
+    "teardown_distributed", "to_cpu", "unwrap",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The files of a run folder.
-CONFIG, CHECKPOINT, MODEL, MODEL_INFO, METRICS = (
-    "config.yaml", "checkpoint.pt", "model.pt", "model.json", "metrics.jsonl")
+#: The files of a run folder (``model.pt`` and ``model.json``: :func:`parsing.core.io.write_model`).
+CONFIG, CHECKPOINT, METRICS = "config.yaml", "checkpoint.pt", "metrics.jsonl"
+MODEL_INFO = Path(MODEL).with_suffix(".json").name
 
 
 class RunConfig(Protocol):
@@ -200,6 +208,11 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
@@ -311,8 +324,8 @@ class Trainer:
         return {}
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        """What ``model.pt`` holds: the trained model's state_dict."""
-        raise NotImplementedError
+        """What ``model.pt`` holds: ``self.model``'s state_dict (without the DDP wrapper)."""
+        return unwrap(self.model).state_dict()
 
     def model_info(self) -> dict[str, Any]:
         """What ``model.json`` holds: how to rebuild the model for ``model.pt``."""
@@ -323,7 +336,10 @@ class Trainer:
         return {"model": self.model_state(), "optimizer": self.optimizer.state_dict()}
 
     def load_shared_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore :meth:`shared_state` (default: the weights into ``self.model``, the
+        optimizer state)."""
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def rank_state(self) -> dict[str, Any]:
         """The part of the checkpoint each process keeps for itself (none by default)."""
@@ -416,10 +432,9 @@ class Trainer:
     def save_model(self) -> None:
         """Write ``model.pt`` and ``model.json`` (rank 0; at the end of each epoch)."""
         if self.is_main:
-            atomic_save(to_cpu(self.model_state()), self.out / MODEL)
-            info = {**self.model_info(), "epoch": self.epoch, "global_step": self.global_step}
-            with atomic_write(self.out / MODEL_INFO, "w") as f:
-                f.write(json.dumps(info, indent=1))
+            write_model(self.out / MODEL, self.model_state(),
+                        {**self.model_info(), "epoch": self.epoch,
+                         "global_step": self.global_step})
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path)

@@ -1,9 +1,10 @@
 """Face-parsing datasets: FaceSynthetics (+ FSE-25 labels), CelebAMask-HQ, folders, synth.
 
-Every dataset yields ``(image, label_map)``: without a transform a uint8 (3, H, W) image and
-a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_transform`,
-:func:`eval_transform`). Label maps are converted from the dataset's own label set to the
-``labels`` asked for (``parsing.core.labels.convert``). Layouts (reference §2.3, §2.4):
+Every dataset yields a sample ``{"image", "mask"}`` (:mod:`parsing.core.samples`): without a
+transform a uint8 (3, H, W) image and its uint8 (H, W) label map; with one, what the transform
+makes of them (:func:`train_transform`, :func:`eval_transform`: a float image in [-1, 1] and an
+int64 map). Label maps are converted from the dataset's own label set to the ``labels`` asked
+for (``parsing.core.labels.convert``). Layouts (reference §2.3, §2.4):
 
 * ``facesynthetics``: ``ROOT/{id:06d}.png``, ``{id:06d}_seg.png`` (own 19 classes),
   ``{id:06d}_ldmks.txt`` (70 lines ``x y``); FSE-25 labels in ``ROOT/labels_25/{id:06d}_seg.png``
@@ -23,7 +24,8 @@ a uint8 (H, W) map; with one, whatever the transform returns (see :func:`train_t
   lists relative image paths (with or without extension) when the split is not ``all``.
 
 Corrupt or missing files raise :class:`DataError` naming the file; with ``skip_bad=True`` the
-sample becomes a :class:`BadSample` that :func:`collate` drops and reports.
+sample becomes a :class:`parsing.core.samples.BadSample` that :func:`collate` drops and
+reports.
 """
 
 from __future__ import annotations
@@ -56,14 +58,16 @@ from parsing.core.labels import (
     get_label_set,
 )
 from parsing.core.paths import check_unique_keys
+from parsing.core.pixels import image_tensor
 from parsing.core.registry import Registry
+from parsing.core.samples import BadSample
 from parsing.parser.transforms import RandomHorizontalFlip
 from parsing.synth import SynthFaces
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AUGMENTATIONS", "BadSample", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DataKind", "DataSpec",
+    "AUGMENTATIONS", "CELEBAMASK_PARTS", "CelebAMaskHQ", "DataKind", "DataSpec",
     "FaceSynthetics", "FolderDataset", "ParsingDataset", "SeededSamples", "SynthParsing",
     "build_dataset", "collate", "count_labels", "eval_transform", "has_official_split",
     "list_data_kinds", "parse_data_spec", "register_data_kind", "split_indices",
@@ -73,12 +77,6 @@ __all__ = [
 SPLITS = ("train", "val", "test", "all")
 # Official painting order: part i is painted with id i + 1 of the `official` order.
 CELEBAMASK_PARTS = CELEBAMASK_OFFICIAL.names[1:]
-
-
-class BadSample(NamedTuple):
-    """Stands in for a sample whose file could not be read (``skip_bad=True``)."""
-
-    error: str
 
 
 class ParsingDataset(Dataset):
@@ -113,7 +111,7 @@ class ParsingDataset(Dataset):
         """The (H, W) uint8 label map of ``index`` in ``labels`` ids, without augmentation."""
         return self._convert(self._load(index)[1])
 
-    def __getitem__(self, index: int) -> tuple[Any, Any] | BadSample:
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
             image, label_map = self._load(index)
             label_map = self._convert(label_map)
@@ -127,13 +125,14 @@ class ParsingDataset(Dataset):
             if self.skip_bad:
                 return BadSample(msg)
             raise DataError(msg)
-        if self.transform is None:
-            return image, label_map
-        return self.transform(tv_tensors.Image(image), tv_tensors.Mask(label_map))
+        if self.transform is not None:
+            image, label_map = self.transform(tv_tensors.Image(image),
+                                              tv_tensors.Mask(label_map))
+        return {"image": image, "mask": label_map}
 
 
 def _image_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1)  # copy: PIL's is read-only
+    return image_tensor(read_image(path))
 
 
 def _label_tensor(path: Path, label_set: LabelSet) -> torch.Tensor:
@@ -436,18 +435,20 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack ``(image, label_map)`` samples; returns ``(images, label_maps, bad)`` where
-    ``bad`` holds the errors of :class:`BadSample` s that were dropped."""
-    bad = [s.error for s in batch if isinstance(s, BadSample)]
+def collate(batch: Sequence[dict[str, Any] | BadSample]) -> dict[str, Any]:
+    """Stack ``{"image", "mask"}`` samples into ``{"image": (B, 3, H, W), "mask": (B, H, W),
+    "skipped": count, "errors": [...]}``: :class:`BadSample` s are dropped (B may then be
+    smaller than the batch, even 0) and their errors listed."""
+    errors = [s.error for s in batch if isinstance(s, BadSample)]
     good = [s for s in batch if not isinstance(s, BadSample)]
+    out: dict[str, Any] = {"skipped": len(errors), "errors": errors}
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
-    sizes = {tuple(s[0].shape) for s in good}
+        return {"image": torch.empty(0), "mask": torch.empty(0, dtype=torch.long), **out}
+    sizes = {tuple(s["image"].shape) for s in good}
     if len(sizes) > 1:
         raise DataError(f"images of different sizes in one batch {sorted(sizes)}: pass --size")
-    return (torch.stack([torch.as_tensor(s[0]) for s in good]),
-            torch.stack([torch.as_tensor(s[1]) for s in good]), bad)
+    return {"image": torch.stack([torch.as_tensor(s["image"]) for s in good]),
+            "mask": torch.stack([torch.as_tensor(s["mask"]) for s in good]), **out}
 
 
 def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -120,16 +120,17 @@ def format_scores(scores: dict) -> str:
 def confusion_over(parser: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
                    progress: bool = True,
                    desc: str = "evaluate") -> tuple[ConfusionMatrix, list[str]]:
-    """Accumulate one confusion matrix over ``(images, label_maps, bad)`` batches.
+    """Accumulate one confusion matrix over batches of :func:`parsing.parser.data.collate`
+    (``image``, ``mask``, ``errors``).
 
     Returns the matrix (on the parser's device) and the errors of skipped samples.
     """
     ls = parser.label_set
     cm = ConfusionMatrix(ls.num_classes, ignore_index=255, names=ls.names)
     skipped: list[str] = []
-    for images, targets, bad in progress_bar(batches, desc=desc, disable=not progress, leave=False):
-        skipped += bad
-        if len(images):
-            pred = parser(images.to(parser.device, non_blocking=True))
-            cm.update(pred, targets.to(parser.device, non_blocking=True))
+    for batch in progress_bar(batches, desc=desc, disable=not progress, leave=False):
+        skipped += batch["errors"]
+        if len(batch["image"]):
+            pred = parser(batch["image"].to(parser.device, non_blocking=True))
+            cm.update(pred, batch["mask"].to(parser.device, non_blocking=True))
     return cm, skipped

@@ -1,6 +1,6 @@
 """Predict a mask store for a whole data set, sharded over processes and resumable.
 
-``python -m parsing.predict --checkpoint best.pt --images DATA --store DATA/masks.rec`` runs
+``python -m parsing.predict --checkpoint runs/parser --images DATA --store DATA/masks.rec`` runs
 :func:`predict_store`; under ``torchrun --nproc_per_node=N`` each process takes its share.
 
 The images (the keys of ``train.rec``, or the files of an image folder in sorted order) are
@@ -32,13 +32,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from parsing.core.errors import DataError, InputError
-from parsing.core.io import atomic_write, decode_image, list_images
+from parsing.core.io import atomic_write, decode_image, list_images, model_files
 from parsing.core.maskstore import MaskStore, MaskStoreWriter, merge_stores, store_paths
 from parsing.core.paths import output_file
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
 from parsing.core.recordio import RecordIOReader, read_layout
-from parsing.parser.data import BadSample
+from parsing.core.samples import BadSample
 from parsing.parser.inference import ImageFiles, Parser
 
 __all__ = ["PredictionInputs", "RecordImages", "open_inputs", "predict_store"]
@@ -182,11 +182,12 @@ def predict_store(
     parts = rec.with_name(rec.name + ".parts")
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: must be at least 1")
+    model_file = model_files(checkpoint)
     inputs = open_inputs(images, skip_bad)
     sources = ([inputs.dataset.reader.rec_path, inputs.dataset.reader.idx_path]
                if isinstance(inputs.dataset, RecordImages) else [inputs.source])
     for path in (rec, idx):  # files of an interrupted run of this prediction are its own
-        output_file(path, {"--images": sources, "--checkpoint": checkpoint}, flag="--store",
+        output_file(path, {"--images": sources, "--checkpoint": model_file}, flag="--store",
                     overwrite=overwrite or parts.is_dir())
     rank, world, local_rank, started = _distributed()
     try:
@@ -195,7 +196,7 @@ def predict_store(
         shards = _Shards(parts, len(inputs.keys), shard_size)
         _check_manifest(parts, {
             "format": FORMAT, "images": str(inputs.source.resolve()),
-            "checkpoint": str(Path(checkpoint).resolve()), "shard_size": shard_size,
+            "checkpoint": str(model_file[0].resolve()), "shard_size": shard_size,
             "n_images": len(inputs.keys), "keys_sha256": inputs.fingerprint()}, rank, world)
         already = sum(shards.done(s) is not None for s in range(shards.count))
         mine = [s for s in range(rank, shards.count, world) if shards.done(s) is None]

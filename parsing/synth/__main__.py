@@ -91,7 +91,8 @@ def write_sheet(root: str, path: str, identities: int = 8, per_identity: int = 4
     chosen = [keys[int(k)] for k in np.unique(np.linspace(0, len(keys) - 1, identities).round())]
     picks = [i for identity in chosen for i in by_identity[identity][:per_identity]]
     samples = [ds[i] for i in picks]
-    contact_sheet(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
+    contact_sheet(torch.stack([s["image"] for s in samples]),
+                  torch.stack([s["mask"] for s in samples]),
                   path=path, nrow=per_identity)
     return path
 

@@ -46,6 +46,7 @@ from torchvision import tv_tensors
 from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import read_image, read_label_map
 from parsing.core.labels import FSE25
+from parsing.core.pixels import image_tensor
 from parsing.core.progress import progress_bar
 from parsing.synth.attributes import write_attribute_lists
 from parsing.synth.genes import bound_groups, face_genes, occluder_genes, parse_occluders
@@ -264,14 +265,15 @@ def _read_csv(path: Path, header: Sequence[str]) -> dict[int, list[str]]:
 
 
 class SynthFaces(torch.utils.data.Dataset):
-    """A data set written by ``python -m parsing.synth`` (or :func:`write_dataset`).
+    """A data set written by ``python -m parsing.synth`` (or :func:`write_dataset`): the one
+    reader of that layout (the parsing and recognition datasets read through it).
 
-    ``ds[i]`` is (image uint8 (3, H, W), FSE-25 label map uint8 (H, W), landmarks float32
-    (5, 2), identity int). A torchvision v2 ``transform`` is called as ``transform(image, mask,
-    keypoints)`` with ``tv_tensors`` Image, Mask and KeyPoints, so geometric transforms move
-    the landmarks too (a horizontal flip also swaps which point is the image-left eye: reorder
-    them if the ArcFace order matters). ``frame_ids`` and ``identities`` list every sample's
-    frame id and identity.
+    ``ds[i]`` is a sample (:mod:`parsing.core.samples`): ``{"image": uint8 (3, H, W), "mask":
+    FSE-25 ids uint8 (H, W), "landmarks": float32 (5, 2), "identity": int}``. A torchvision v2
+    ``transform`` is called as ``transform(image, mask, keypoints)`` with ``tv_tensors`` Image,
+    Mask and KeyPoints, so geometric transforms move the landmarks too (a horizontal flip also
+    swaps which point is the image-left eye: reorder them if the ArcFace order matters).
+    ``frame_ids`` and ``identities`` list every sample's frame id and identity.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
@@ -309,7 +311,7 @@ class SynthFaces(torch.utils.data.Dataset):
             return torch.zeros(image.shape[:2], dtype=torch.uint8)
         return torch.from_numpy(read_label_map(path))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         image, label_map = self.load(index)
         landmarks = self._landmarks[index]
         if self.transform is not None:
@@ -318,15 +320,22 @@ class SynthFaces(torch.utils.data.Dataset):
                 tv_tensors.KeyPoints(landmarks, canvas_size=tuple(image.shape[1:])))
             image, label_map, landmarks = (t.as_subclass(torch.Tensor)
                                            for t in (image, label_map, landmarks))
-        return image, label_map, landmarks, self.identities[index]
+        return {"image": image, "mask": label_map, "landmarks": landmarks,
+                "identity": self.identities[index]}
+
+    def image_path(self, index: int) -> Path:
+        return self.root / "images" / f"{self.frame_ids[index]:06d}.png"
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The image of sample ``index`` as stored: uint8 (3, H, W); DataError names the file."""
+        return image_tensor(read_image(self.image_path(index)))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``index`` as stored, without ``transform``: image uint8 (3, H, W) and
         FSE-25 label map uint8 (H, W); DataError names an unreadable or mismatched file."""
-        fid = self.frame_ids[index]
-        image_path = self.root / "images" / f"{fid:06d}.png"
-        label_path = self.root / "labels_25" / f"{fid:06d}_seg.png"
-        image = torch.from_numpy(np.ascontiguousarray(read_image(image_path).transpose(2, 0, 1)))
+        image_path = self.image_path(index)
+        label_path = self.root / "labels_25" / f"{self.frame_ids[index]:06d}_seg.png"
+        image = self.load_image(index)
         label_map = torch.from_numpy(read_label_map(label_path))
         try:
             FSE25.check(label_map, str(label_path))

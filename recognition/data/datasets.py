@@ -1,10 +1,11 @@
 """Training sets of aligned faces: ImageFolder, insightface RecordIO, the synthetic set.
 
-Every dataset yields ``{"image": uint8 (3, H, W), "label": int}`` plus ``"mask": uint8 (H, W)``
-(FSE-25 ids) when it has masks, and does nothing random: flips and erasing happen on the
-device after the loader (:mod:`fserasing.augment`), so a run resumes exactly with any number
-of workers. With ``skip_bad=True`` an unreadable sample comes back as ``None`` and
-:func:`collate_faces` counts it and fills its slot with another sample of the batch.
+Every dataset yields a sample (:mod:`parsing.core.samples`) ``{"image": uint8 (3, H, W),
+"label": int}`` plus ``"mask": uint8 (H, W)`` (FSE-25 ids) when it has masks, and does nothing
+random: flips and erasing happen on the device after the loader (:mod:`fserasing.augment`), so
+a run resumes exactly with any number of workers. With ``skip_bad=True`` an unreadable sample
+comes back as a :class:`~parsing.core.samples.BadSample` and :func:`collate_faces` counts it
+and fills its slot with another sample of the batch.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from fserasing.masks import MaskFolder, open_mask_source
+from fserasing.masks import open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.io import IMAGE_EXTENSIONS, decode_image
 from parsing.core.labels import FSE25
+from parsing.core.pixels import image_tensor
 from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.core.registry import Registry
+from parsing.core.samples import BadSample
 from parsing.synth import SynthFaces
 
 __all__ = [
@@ -47,7 +50,10 @@ log = logging.getLogger(__name__)
 
 def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
     """Decode JPEG/PNG bytes to a (3, H, W) uint8 RGB tensor; DataError names ``where``."""
-    image = torch.from_numpy(decode_image(data, where)).permute(2, 0, 1)
+    return _check_size(image_tensor(decode_image(data, where)), where, size)
+
+
+def _check_size(image: torch.Tensor, where: str, size: int | None) -> torch.Tensor:
     if size is not None and tuple(image.shape[1:]) != (size, size):
         raise DataError(f"{where}: image is {image.shape[2]}x{image.shape[1]}, expected "
                         f"aligned {size}x{size} faces")
@@ -58,9 +64,10 @@ class FaceDataset(Dataset):
     """Base of the face training sets.
 
     Subclasses set ``root``, ``keys`` (each sample's path under ``root``), ``labels`` and
-    ``num_classes``; ``_read(i) -> (image, label)`` reads ``image_path(i)`` unless overridden.
-    A mask source (:func:`fserasing.open_mask_source`: folder, tensor file, callable) pairs
-    masks with samples by that path. A new reader is one subclass decorated with
+    ``num_classes``; ``_read(i)`` reads ``image_path(i)`` unless overridden.
+    ``_read(i)`` returns the sample without ``"mask"``; a mask source
+    (:func:`fserasing.open_mask_source`: folder, tensor file, callable) pairs masks with
+    samples by that path. A new reader is one subclass decorated with
     ``@register_face_dataset("name")`` whose static ``detect(path)`` recognises its folders.
     """
 
@@ -106,13 +113,15 @@ class FaceDataset(Dataset):
         if self.mask_source is not None:
             self.mask_source.check_keys(self.keys, self.root)
 
-    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+    def _read(self, index: int) -> dict[str, Any]:
+        """The sample ``index`` without its mask source's mask."""
         path = self.image_path(index)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise DataError(f"{path}: unreadable image ({exc.strerror})") from None
-        return decode_face(data, str(path), self.size), int(self.labels[index])
+        return {"image": decode_face(data, str(path), self.size),
+                "label": int(self.labels[index])}
 
     def _mask(self, index: int, image: torch.Tensor) -> torch.Tensor:
         path = self.image_path(index)
@@ -129,17 +138,16 @@ class FaceDataset(Dataset):
             raise DataError(f"{self.mask_source.describe(index, path, self.root)}: {problem}")
         return mask.to(torch.uint8)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
-            image, label = self._read(index)
-            sample = {"image": image, "label": label}
+            sample = self._read(index)
             if self.mask_source is not None:
-                sample["mask"] = self._mask(index, image)
+                sample["mask"] = self._mask(index, sample["image"])
         except DataError as exc:
             if not self.skip_bad:
                 raise
             log.warning("skipping bad sample: %s", exc)
-            return None
+            return BadSample(str(exc))
         return sample
 
 
@@ -243,7 +251,7 @@ class RecordIOFaces(FaceDataset):
             raise DataError(f"{self.reader.where(key)}: label {value} is not an identity index")
         return int(value)
 
-    def _read(self, index: int) -> tuple[torch.Tensor, int]:
+    def _read(self, index: int) -> dict[str, Any]:
         key = self.image_keys[index]
         header, payload = self.reader.read_header(key)
         label = self._label(key, header)
@@ -253,12 +261,12 @@ class RecordIOFaces(FaceDataset):
         if label >= self.num_classes:
             raise DataError(f"{self.reader.where(key)}: label {label} >= num_classes "
                             f"{self.num_classes}")
-        return decode_face(payload, self.reader.where(key), self.size), label
+        return {"image": decode_face(payload, self.reader.where(key), self.size), "label": label}
 
 
 @register_face_dataset("synth")
 class SynthFaceSet(FaceDataset):
-    """The synthetic set of ``python -m parsing.synth`` (indexed by :class:`SynthFaces`).
+    """The synthetic set of ``python -m parsing.synth``, read by :class:`SynthFaces`.
 
     Labels are the sorted index of each identity; ``masks="labels"`` uses the set's own
     ``labels_25`` maps, any other mask source is used as given.
@@ -267,32 +275,39 @@ class SynthFaceSet(FaceDataset):
     def __init__(self, root: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
                  size: int | None = 112, num_classes: int | None = None) -> None:
         root = Path(root)
-        if isinstance(masks, str) and masks == "labels":
-            masks = _SynthLabelMaps(root / "labels_25")
-        super().__init__(masks, skip_bad, size)
-        index = SynthFaces(root)
-        if len(index) == 0:
+        self.own_masks = isinstance(masks, str) and masks == "labels"
+        super().__init__(None if self.own_masks else masks, skip_bad, size)
+        self.faces = SynthFaces(root)
+        if len(self.faces) == 0:
             raise DataError(f"{root}: no images listed in anno_list.csv")
         self.root = root / "images"
-        self.identities = sorted(set(index.identities))
+        self.identities = sorted(set(self.faces.identities))
         to_label = {c: i for i, c in enumerate(self.identities)}
-        self.keys = [f"{fid:06d}.png" for fid in index.frame_ids]
-        self.labels = torch.tensor([to_label[c] for c in index.identities], dtype=torch.long)
+        self.keys = [f"{fid:06d}.png" for fid in self.faces.frame_ids]
+        self.labels = torch.tensor([to_label[c] for c in self.faces.identities],
+                                   dtype=torch.long)
         self.num_classes = len(self.identities)
         self._widen_classes(num_classes, root)
+        if self.own_masks:
+            missing = [k for k in self.faces.frame_ids
+                       if not (root / "labels_25" / f"{k:06d}_seg.png").is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} of {len(self.keys)} images have no mask (e.g. "
+                                f"{root / 'labels_25' / f'{missing[0]:06d}_seg.png'})")
         self._check_masks()
 
     @staticmethod
     def detect(path: Path) -> bool:
         return (path / "identities.csv").is_file() and (path / "anno_list.csv").is_file()
 
-
-class _SynthLabelMaps(MaskFolder):
-    """``labels_25/<frame>_seg.png`` beside ``images/<frame>.png``."""
-
-    def path_for(self, image_path: Path, root: Path) -> Path:
-        rel = Path(image_path).relative_to(root)
-        return self.root / rel.parent / f"{rel.stem}_seg.png"
+    def _read(self, index: int) -> dict[str, Any]:
+        where = str(self.faces.image_path(index))
+        if not self.own_masks:
+            image = _check_size(self.faces.load_image(index), where, self.size)
+            return {"image": image, "label": int(self.labels[index])}
+        image, label_map = self.faces.load(index)  # FSE-25 checked, sizes matched
+        return {"image": _check_size(image, where, self.size), "label": int(self.labels[index]),
+                "mask": label_map}
 
 
 def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = False,
@@ -311,16 +326,17 @@ def open_dataset(path: str | os.PathLike, masks: Any = None, skip_bad: bool = Fa
     return reader(path, masks, skip_bad, size, num_classes)
 
 
-def collate_faces(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """``default_collate`` plus ``"skipped"``: how many samples were unreadable (``None``).
+def collate_faces(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any]:
+    """``default_collate`` plus ``"skipped"``: how many samples were unreadable
+    (:class:`BadSample`).
 
     Their slots are filled with copies of readable samples of the same batch, so every batch
     keeps its size (DDP and PartialFC need the same batch size on every process).
     """
-    good = [s for s in batch if s is not None]
+    good = [s for s in batch if not isinstance(s, BadSample)]
     if not good:
         raise DataError(f"all {len(batch)} samples of a batch are unreadable")
-    out = default_collate([s if s is not None else good[i % len(good)]
+    out = default_collate([s if not isinstance(s, BadSample) else good[i % len(good)]
                            for i, s in enumerate(batch)])
     out["skipped"] = len(batch) - len(good)
     return out

@@ -31,7 +31,7 @@ OCCLUSION_FARS = (1e-2, 1e-1)
 
 
 def open_faces(data: str, masks: str | None) -> tuple[torch.utils.data.Dataset, np.ndarray]:
-    """A data set whose items start with (image, mask), and the identity of each item:
+    """A data set of samples with ``image`` and ``mask``, and the identity of each item:
     a parsing.synth folder, or with ``masks`` a masked ImageFolder."""
     if masks is None:
         dataset = SynthFaces(data)
@@ -44,8 +44,8 @@ def read_faces(dataset: torch.utils.data.Dataset, indices: np.ndarray, source: s
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, 3, 112, 112) and masks (N, 112, 112) of the items ``indices``."""
     samples = [dataset[int(i)] for i in progress_bar(indices, desc="read faces", unit="img")]
-    images = torch.stack([s[0].as_subclass(torch.Tensor) for s in samples])
-    masks = torch.stack([s[1].as_subclass(torch.Tensor) for s in samples])
+    images = torch.stack([s["image"].as_subclass(torch.Tensor) for s in samples])
+    masks = torch.stack([s["mask"].as_subclass(torch.Tensor) for s in samples])
     if images.shape[-2:] != (112, 112):
         raise DataError(f"{source}: faces must be aligned 112x112, got "
                         f"{tuple(images.shape[-2:])}")

@@ -10,17 +10,15 @@ warning; any other unknown key is an error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from parsing.core.cli import device as device_type
+from parsing.core.config import Config
+from parsing.core.config import load_config as load_dataclass
 from parsing.core.errors import InputError
 
 __all__ = ["LOSS_MARGINS", "TrainConfig", "load_config"]
@@ -37,7 +35,7 @@ _IGNORED_INSIGHTFACE_KEYS = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Everything a training run depends on (saved in the run folder and the checkpoint)."""
 
     # -- insightface arcface_torch names --
@@ -83,29 +81,13 @@ class TrainConfig:
     device: str | None = None  #: default: cuda:LOCAL_RANK if available, else cpu
     image_size: int = 112
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     @property
     def margins(self) -> tuple[float, float, float]:
         return tuple(self.margin_list) if self.margin_list is not None else LOSS_MARGINS[
             self.loss]
 
     def validate(self) -> None:
-        """Coerce numbers (YAML reads ``5e-4`` as a string) and raise InputError naming the
-        first bad field."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("float", "int") and not isinstance(value, bool):
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    raise InputError(f"{f.name}: expected a number, got {value!r}") from None
-                if f.type == "int" and not number.is_integer():
-                    raise InputError(f"{f.name}: expected an integer, got {value!r}")
-                setattr(self, f.name, int(number) if f.type == "int" else number)
-            elif f.type == "bool" and not isinstance(value, bool):
-                raise InputError(f"{f.name}: expected true or false, got {value!r}")
+        """Raise InputError naming the first bad field (numbers are coerced before)."""
         if self.loss not in (*LOSS_MARGINS, "combined"):
             raise InputError(f"loss must be arcface, cosface or combined, got {self.loss!r}")
         if self.margin_list is not None:
@@ -156,18 +138,6 @@ class TrainConfig:
         options = getattr(self, self.aug.replace("-", "_"), None)
         return dict(options) if isinstance(options, dict) else {}
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-safe values (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
 
 def load_config(path: str | os.PathLike | None = None,
                 config_class: type[TrainConfig] = TrainConfig, **overrides: Any) -> TrainConfig:
@@ -176,36 +146,8 @@ def load_config(path: str | os.PathLike | None = None,
 
     ``None`` overrides are ignored, so unset command-line flags keep the file's values.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: expected a mapping of config fields")
-        values.update(loaded)
-    known = {f.name: f for f in dataclasses.fields(config_class)}
-    for key in sorted(set(values) - set(known)):
-        if key in _IGNORED_INSIGHTFACE_KEYS:
-            log.warning("%s: ignoring insightface field %r (not used here)", path, key)
-            values.pop(key)
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise InputError(f"{path}: unknown config field(s) {', '.join(unknown)}")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key not in known:
-            raise InputError(f"unknown config field {key!r}")
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            value = {**values[key], **value}
-        values[key] = value
-    if isinstance(values.get("rec"), list):
+    cfg = load_dataclass(config_class, path, ignored=_IGNORED_INSIGHTFACE_KEYS,
+                         ignored_as="insightface field", **overrides)
+    if isinstance(cfg.rec, list):
         raise InputError(f"{path}: multi-dataset 'rec' lists are not supported; give one path")
-    try:
-        return config_class(**values)
-    except TypeError as exc:
-        raise InputError(f"{path or 'config'}: {exc}") from None
+    return cfg
