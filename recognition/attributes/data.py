@@ -25,7 +25,7 @@ A sample is ``{"image": uint8 (3, S, S), "attributes": float32 (A,) of 0/1,
 source. Images that are not S x S are centre-cropped to a square and resized (masks with
 nearest neighbours). A malformed row raises DataError naming the file and line; with
 ``skip_bad=True`` it is left out and counted in ``bad_rows``, and an unreadable image comes
-back as None (``recognition.data.datasets.collate_faces`` counts it).
+back as a :class:`~parsing.core.samples.BadSample` (``collate_faces`` counts it).
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from fserasing.masks import open_mask_source
+from fserasing.masks import MaskFolder, open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.labels import FSE25
 from parsing.core.registry import Registry
-from recognition.data.datasets import _SynthLabelMaps, decode_face
+from parsing.core.samples import BadSample
+from recognition.data.datasets import decode_face
 
 __all__ = ["AFFECTNET_EXPRESSIONS", "AttributeDataset", "RAFDB_EXPRESSIONS",
            "create_attribute_dataset", "list_attribute_datasets", "open_attribute_dataset",
@@ -155,7 +156,7 @@ class AttributeDataset(Dataset):
                             f"{str(exc).removeprefix('mask: ')}") from None
         return mask.to(torch.uint8)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         try:
             image, box = self._image(index)
             sample: dict[str, Any] = {"image": image}
@@ -169,7 +170,7 @@ class AttributeDataset(Dataset):
             if not self.skip_bad:
                 raise
             log.warning("skipping bad sample: %s", exc)
-            return None
+            return BadSample(str(exc))
         return sample
 
 
@@ -312,6 +313,13 @@ class CelebAAttributes(AttributeDataset):
                 labels.append(value)
             self.expressions = torch.tensor(labels, dtype=torch.long)
         self._finish(split)
+
+
+class _SynthLabelMaps(MaskFolder):
+    """A synthetic set's ``labels_25/<frame>_seg.png`` beside ``images/<frame>.png``."""
+
+    def path_for(self, image_path: Path, root: Path) -> Path:
+        return self.root / f"{Path(image_path).relative_to(root).stem}_seg.png"
 
 
 @register_attribute_dataset("synth")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from parsing.core.errors import InputError
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
+from parsing.core.samples import BadSample
 from recognition.attributes.data import AttributeDataset
 from recognition.attributes.metrics import AttributeMeter, ExpressionMeter
 from recognition.attributes.models import AttributeNet
@@ -71,9 +72,9 @@ def evaluate(model: AttributeNet, dataset: AttributeDataset, batch_size: int = 6
     return result
 
 
-def _collate(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+def _collate(batch: list[dict[str, Any] | BadSample]) -> dict[str, Any] | None:
     """``collate_faces`` without filling: an evaluation counts each readable image once."""
-    good = [s for s in batch if s is not None]
+    good = [s for s in batch if not isinstance(s, BadSample)]
     if not good:
         return None
     out = collate_faces(good)
