@@ -29,7 +29,7 @@ import yaml
 
 from parsing.core.errors import InputError
 from parsing.synth import write_dataset
-from recognition.training.config import load_config
+from recognition.training.config import TrainConfig, load_config
 from recognition.training.trainer import Trainer
 
 __all__ = ["add_common_arguments", "config_hash", "environment", "fmt", "markdown_table",
@@ -94,18 +94,22 @@ def shuffled_identities(data: Path, root: Path, seed: int = 0) -> Path:
     return out
 
 
-def train_recognizer(root: Path, torchrun: int = 0, **fields: Any) -> tuple[Path, dict]:
+def train_recognizer(root: Path, torchrun: int = 0, config_class: type = TrainConfig,
+                     trainer_class: type = Trainer, command: str = "recognition.train",
+                     **fields: Any) -> tuple[Path, dict]:
     """Train (or reuse) a recognizer with the library's trainer: ``fields`` are
     ``TrainConfig`` fields (``rec``, ``network``, ``aug``, ``seed``, ...). Returns the run
-    folder and its ``study.json`` (seconds, seconds per epoch, final loss)."""
-    probe = load_config(None, **fields)
+    folder and its ``study.json`` (seconds, seconds per epoch, final loss). Another model
+    trained the same way: ``config_class``, ``trainer_class`` and the ``command`` torchrun
+    runs (e.g. ``AttributeConfig``, ``AttributeTrainer``, ``recognition.attributes.train``)."""
+    probe = load_config(None, config_class, **fields)
     spec = {k: v for k, v in probe.to_dict().items() if k not in ("output", "num_workers",
                                                                   "frequent", "verbose")}
     out = root / "models" / config_hash(spec)
     record = out / "study.json"
     if record.is_file():
         return out, json.loads(record.read_text())
-    cfg = load_config(None, **{**fields, "output": str(out)})
+    cfg = load_config(None, config_class, **{**fields, "output": str(out)})
     resume = out if (out / "checkpoint.pt").is_file() else None
     wall, cpu = time.perf_counter(), time.process_time()
     if torchrun > 1:
@@ -113,14 +117,14 @@ def train_recognizer(root: Path, torchrun: int = 0, **fields: Any) -> tuple[Path
         config = out.with_suffix(".yaml")
         config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={torchrun}", "-m", "recognition.train"]
+                   f"--nproc_per_node={torchrun}", "-m", command]
         command += ["--resume", str(out)] if resume else ["--config", str(config)]
         subprocess.run(command, check=True)
         summary = json.loads((out / "summary.json").read_text())
     else:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        summary = Trainer(cfg, resume_from=resume).train()
+        summary = trainer_class(cfg, resume_from=resume).train()
     seconds = time.perf_counter() - wall
     info = {"seconds": seconds, "cpu_seconds": time.process_time() - cpu,
             "seconds_per_epoch": seconds / cfg.num_epoch, "epochs": cfg.num_epoch,

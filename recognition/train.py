@@ -60,21 +60,31 @@ def build_arg_parser() -> ArgumentParser:
         epilog="CPU: export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 "
                "MALLOC_TOP_PAD_=1073741824 (1.2-1.8x faster, reference §8). Multi-GPU: torchrun "
                "--nproc_per_node=N -m recognition.train ...")
+    add_training_arguments(ap, "ImageFolder of aligned faces, folder with train.rec/.idx, or a "
+                               "parsing.synth folder")
     a = ap.add_argument
-    a("--config", help="YAML file with insightface arcface_torch field names")
-    a("--data", dest="rec", help="ImageFolder of aligned faces, folder with train.rec/.idx, "
-      "or a parsing.synth folder")
-    a("--network", help="backbone name (iresnet18..200, mbf, timm:<name>, r50, ...)")
-    a("--network-kwargs", help="JSON keyword arguments for the backbone")
-    a("--import", dest="imports", action="append",
-      help="import this module first (e.g. one that registers a custom backbone)")
     a("--loss", choices=["arcface", "cosface", "combined"])
     a("--margins", help="m1,m2,m3 of cos(m1*theta + m2) - m3 (scale 64)")
-    a("--embedding-size", type=positive_int)
     a("--num-classes", type=positive_int, help="default: the number of identities in the data")
     a("--partial-fc", dest="sample_rate", type=probability,
       help="PartialFC sample rate (1.0 = full softmax)")
     a("--interclass-filtering-threshold", type=probability)
+    a("--val", dest="val_targets", action="append",
+      help="verification set: a .bin file (lfw.bin, ...) or synth:DIR (repeatable)")
+    return ap
+
+
+def add_training_arguments(ap: ArgumentParser, data_help: str) -> None:
+    """The flags of every image trainer built on :class:`recognition.training.trainer.Trainer`:
+    config, data, backbone, augmentation, optimisation, devices and the run folder."""
+    a = ap.add_argument
+    a("--config", help="YAML file with insightface arcface_torch field names")
+    a("--data", dest="rec", help=data_help)
+    a("--network", help="backbone name (iresnet18..200, mbf, timm:<name>, r50, ...)")
+    a("--network-kwargs", help="JSON keyword arguments for the backbone")
+    a("--import", dest="imports", action="append",
+      help="import this module first (e.g. one that registers a custom backbone)")
+    a("--embedding-size", type=positive_int)
     a("--aug", choices=list_augmentations())
     a("--masks", help="FSErasing masks: a mask store (masks.rec from parsing.predict --store), "
       "folder of label PNGs, (N,H,W) tensor file, parser:CKPT (parse each batch on the "
@@ -103,25 +113,23 @@ def build_arg_parser() -> ArgumentParser:
     a("--save-every-steps", type=non_negative_int)
     a("--log-every", dest="frequent", type=positive_int)
     a("--val-every", dest="verbose", type=positive_int)
-    a("--val", dest="val_targets", action="append",
-      help="verification set: a .bin file (lfw.bin, ...) or synth:DIR (repeatable)")
     a("--deterministic", action="store_true", default=None)
     a("--skip-bad", action="store_true", default=None, help="skip unreadable samples")
     a("--overwrite", action="store_true", default=None,
       help="start a new run in an --out that already holds files (replaces them)")
     a("--allow-data-change", action="store_true",
       help="--resume although the images differ from the run's (same identity count)")
-    return ap
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
+def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig
+                     ) -> tuple[TrainConfig, Path | None]:
     """Merge config file, checkpoint config (``--resume``) and flags; flags win."""
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("config", "resume", "margins", "network_kwargs", "aug_p",
-                              "n_erase", "aug_options", "bf16", "overwrite",
-                              "allow_data_change")}
-    overrides["margin_list"] = _parse_list(args.margins)
-    overrides["network_kwargs"] = _parse_json(args.network_kwargs, "--network-kwargs")
+                 if k not in ("config", "resume", "margins", "aug_p", "n_erase", "aug_options",
+                              "bf16", "overwrite", "allow_data_change")}
+    overrides["margin_list"] = _parse_list(getattr(args, "margins", None))
+    for key in [k for k in overrides if k.endswith("_kwargs")]:  # --network-kwargs JSON, ...
+        overrides[key] = _parse_json(overrides[key], "--" + key.replace("_", "-"))
     if args.bf16:
         overrides["amp_dtype"] = "bfloat16"
         overrides["fp16"] = True
@@ -141,12 +149,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         base_path = saved
         overrides["output"] = str(resume)
         # a run folder may come from someone else: import only what this command line names
-        unconfirmed = [m for m in load_config(saved).imports if m not in (args.imports or [])]
+        unconfirmed = [m for m in load_config(saved, config_class).imports
+                       if m not in (args.imports or [])]
         if unconfirmed:
             raise InputError(f"--resume {resume}: the run imports {', '.join(unconfirmed)}; "
                              "importing runs its code, so repeat --import "
                              f"{' --import '.join(unconfirmed)} to allow it")
-    cfg = load_config(base_path, **overrides)
+    cfg = load_config(base_path, config_class, **overrides)
     if aug_options:
         field = cfg.aug.replace("-", "_")
         if cfg.aug == "none":
@@ -160,17 +169,22 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_arg_parser().parse_args(argv)
-    cfg, resume = config_from_args(args)
+    run(build_arg_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig,
+        trainer_class: type[Trainer] = Trainer) -> None:
+    """A training command's body: config from the flags, run folder checks, train, summary."""
+    cfg, resume = config_from_args(args, config_class)
     if resume is None:
-        inputs = {"--data": cfg.rec, "--masks": data_path(cfg.masks),
+        inputs = {"--data": data_path(cfg.rec), "--masks": data_path(cfg.masks),
                   "--val": [data_path(v) for v in cfg.val_targets], "--config": args.config}
         if (Path(cfg.output) / "checkpoint.pt").is_file() and not args.overwrite:
             raise InputError(f"{cfg.output} already holds a run: continue it with --resume "
                              f"{cfg.output}, start over with --overwrite, or give another --out")
         output_dir(cfg.output, inputs, overwrite=bool(args.overwrite), flag="--out")
-    trainer = Trainer(cfg, resume_from=resume, overwrite=bool(args.overwrite),
-                      allow_data_change=args.allow_data_change)
+    trainer = trainer_class(cfg, resume_from=resume, overwrite=bool(args.overwrite),
+                            allow_data_change=args.allow_data_change)
     try:
         result = trainer.train()
     finally:

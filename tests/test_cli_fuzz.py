@@ -21,6 +21,7 @@ from recognition.backbones import create_backbone
 MODULES = {  # python -m NAME -> the module whose main(argv) it runs
     "parsing.synth": "parsing.synth.__main__", "parsing.photos": "parsing.photos.__main__",
     "fserasing": "fserasing.demo", "cam.fscam": "cam.fscam.__main__",
+    "cam.attributes": "cam.attributes.__main__",
 }
 
 CASES = [
@@ -128,6 +129,23 @@ CASES = [
      "--batch-size 4 --network-kwargs {blocks0}", "blocks"),
     ("recognition.train", "--data {in}/synth --out {out}/r --partial-fc 2", "--partial-fc"),
     ("recognition.train", "--resume {in}/empty", "--resume"),
+    # recognition.attributes.train / evaluate, cam.attributes
+    ("recognition.attributes.train", "--data synth:{in}/missing --out {out}/r", "missing"),
+    ("recognition.attributes.train", "--data {in}/synth --out {out}/r", "--data"),
+    ("recognition.attributes.train", "--data synth:{in}/synth --out {in}/synth/run", "--out"),
+    ("recognition.attributes.train", "--data synth:{in}/synth --out {out}/r "
+     "--attention-kwargs nope", "--attention-kwargs"),
+    ("recognition.attributes.train", "--data synth:{in}/synth --out {out}/r --image-size 0",
+     "--image-size"),
+    ("recognition.attributes.train", "--data synth:{in}/synth --out {out}/r --aug fserasing "
+     "--masks {in}/empty --workers 0", "empty"),
+    ("recognition.attributes.evaluate", "--model {in}/model.pt --data synth:{in}/synth "
+     "--out {out}/e", "model.json"),
+    ("recognition.attributes.evaluate", "--model {in}/model.pt --data synth:{in}/synth "
+     "--out {in}/synth", "--out"),
+    ("cam.attributes", "--model {in}/model.pt --data synth:{in}/synth --out {out}/x",
+     "model.json"),
+    ("cam.attributes", "--model {in}/model.pt --data celeba:{in}/synth --out {out}/x", "--masks"),
     # recognition.export
     ("recognition.export", "--checkpoint {in}/junk.pt --network mbf --onnx {out}/r.onnx",
      "junk.pt"),

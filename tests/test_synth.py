@@ -46,7 +46,7 @@ def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
     two = write_dataset(tmp_path / "two", 3, 4, seed=5, workers=2, progress=False)
     other = write_dataset(tmp_path / "other", 3, 4, seed=6, workers=1, progress=False)
     files = _files(one)
-    assert len(files) == 2 * 12 + 3
+    assert len(files) == 2 * 12 + 3 + 3  # images, label maps, 3 CSV files, 3 attribute lists
     assert files == _files(two)
     assert files["images/000000.png"] != _files(other)["images/000000.png"]
 

@@ -164,7 +164,7 @@ def test_identity_and_occluder_sets_are_deterministic_for_any_workers(tmp_path):
     one = write_dataset(tmp_path / "one", 3, 4, seed=5, workers=1, **kw)
     two = write_dataset(tmp_path / "two", 3, 4, seed=5, workers=2, **kw)
     files = _files(one)
-    assert len(files) == 3 * 12 + 3 and files == _files(two)
+    assert len(files) == 3 * 12 + 3 + 3 and files == _files(two)
     ds = SynthFaces(one)
     _, _, _, _, occ = generate(3, 4, seed=5, identity_regions=["eyes", "hair"],
                                occluders=["sunglasses", "scarf"], occluder_p=0.6)

@@ -15,6 +15,9 @@ same everywhere:
 * ``identity``: the identity as the data set names it (``int``; synthetic sets).
 * ``landmarks``: (5, 2) float32 pixel coordinates of the eyes, nose tip and mouth corners
   (ArcFace order).
+* ``attributes``: (A,) float32 of 0/1, the facial attributes present (multi-label;
+  ``recognition.attributes``, in the data set's ``attribute_names`` order).
+* ``expression``: the expression class index (``int``, in the data set's ``expression_names``).
 
 A sample that cannot be read, when the dataset was asked to skip such files
 (``skip_bad=True``), is a :class:`BadSample` naming the file and the reason instead; the
@@ -39,6 +42,8 @@ class Sample(TypedDict, total=False):
     label: int
     identity: int
     landmarks: torch.Tensor
+    attributes: torch.Tensor
+    expression: int
 
 
 class BadSample(NamedTuple):

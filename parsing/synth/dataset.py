@@ -7,6 +7,9 @@ On disk the layout is FaceSynthetics' (reference §2.3) with FSE-25 labels::
     DIR/anno_list.csv                        frame_id,with_25
     DIR/landmarks.csv                        frame_id,x1,y1,...,x5,y5 (ArcFace order, ref. §5.1)
     DIR/identities.csv                       frame_id,identity
+    DIR/list_attr_celeba.txt, list_eval_partition.txt, list_expression.txt
+                                             attributes, split and expression in CelebA's
+                                             layout (:mod:`parsing.synth.attributes`)
     DIR/occluders/{frame_id:06d}.png         with --occluders: 0 none, 1 sunglasses, 2 mask,
                                              3 hand, 4 scarf (one channel)
 
@@ -45,6 +48,7 @@ from parsing.core.io import read_image, read_label_map
 from parsing.core.labels import FSE25
 from parsing.core.pixels import image_tensor
 from parsing.core.progress import progress_bar
+from parsing.synth.attributes import write_attribute_lists
 from parsing.synth.genes import bound_groups, face_genes, occluder_genes, parse_occluders
 from parsing.synth.render import Face, render_face
 from parsing.synth.textures import texture_bank
@@ -219,6 +223,7 @@ def write_dataset(
                ([i, *(f"{v:.4f}" for v in row)] for i, row in zip(ids, landmarks, strict=True)))
     _write_csv(out / "identities.csv", ["frame_id", "identity"],
                ([i, i // images_per_identity] for i in ids))
+    write_attribute_lists(out, seed, count, images_per_identity, bound, marks, kinds, occluder_p)
     return out
 
 

@@ -292,6 +292,14 @@ def _hair_style(hair: Any, n: Any) -> _Hair:
     )
 
 
+def hair_style(genes: dict[str, Any], n: Any) -> _Hair:
+    """The hair a face is drawn with; a bound, marked head of hair is worn the same way in
+    every photo (no change of the day)."""
+    if "hair" in genes.get(MARKS, {}):
+        n = n._replace(hair_change=0.0, hairline_delta=0.5, volume_delta=0.5)
+    return _hair_style(genes["hair"], n)
+
+
 class _Geometry(NamedTuple):
     """The face frame shared by the drawing steps (canonical coordinates, before the turn)."""
 
@@ -304,6 +312,25 @@ class _Geometry(NamedTuple):
     eye_size: tuple[float, float, float]  # width, height, tilt
     expression: tuple[float, float, float]  # mouth opening, smile, brow lift
     hair: _Hair
+
+
+#: the expressions a face is drawn with (:func:`expression`)
+EXPRESSIONS = ("neutral", "happiness", "surprise")
+
+
+def expression(n: Any) -> tuple[int, float, float, float, float, float]:
+    """The expression of a face's nuisance: its index in :data:`EXPRESSIONS`, then the mouth
+    opening, smile, brow lift, eye squint factor and mouth narrowing the face is drawn with."""
+    smile = open_ = lift = narrow = 0.0
+    squint = _lerp(0.92, 1.05, n.squint)
+    if n.expression > 0.82:  # surprise
+        open_, lift = _lerp(3.0, 6.5, n.open), _lerp(1.0, 3.0, n.brow_raise)
+        return 2, open_, smile, lift, 1.12, 0.5 * open_
+    if n.expression > 0.35:  # smile, often showing teeth
+        smile = _lerp(0.3, 1.0, n.smile)
+        open_ = _lerp(1.5, 4.0, n.open) if n.open > 0.4 else 0.0
+        return 1, open_, smile, lift, squint * (1.0 - 0.15 * smile), narrow
+    return 0, open_, smile, lift, squint, narrow
 
 
 def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bool = False,
@@ -319,15 +346,7 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
     marks = genes.get(MARKS, {})
     cheek, chin, eye, nose, mouth = (genes[k] for k in ("cheeks", "chin", "eyes", "nose", "mouth"))
     yaw = 0.25 * (n.yaw_a + n.yaw_b - 1.0)
-    smile = open_ = lift = narrow = 0.0
-    squint = _lerp(0.92, 1.05, n.squint)
-    if n.expression > 0.82:  # surprise
-        open_, lift = _lerp(3.0, 6.5, n.open), _lerp(1.0, 3.0, n.brow_raise)
-        squint, narrow = 1.12, 0.5 * open_
-    elif n.expression > 0.35:  # smile, often showing teeth
-        smile = _lerp(0.3, 1.0, n.smile)
-        open_ = _lerp(1.5, 4.0, n.open) if n.open > 0.4 else 0.0
-        squint *= 1.0 - 0.15 * smile
+    _, open_, smile, lift, squint, narrow = expression(n)
 
     a = _lerp(36.5, 43.0, cheek.width)
     fy, chin_y = 54.0, _lerp(103.0, 112.0, chin.length)
@@ -350,9 +369,7 @@ def render_face(genes: dict[str, Any], nuisance: Any, size: int = 112, loose: bo
         anchors=anchors,
         eye_size=(eye_w, eye_h * squint, _lerp(-0.1, 0.16, eye.tilt)),
         expression=(open_, smile, lift),
-        # a bound, marked head of hair is worn the same way in every photo
-        hair=_hair_style(genes["hair"], n if "hair" not in marks else n._replace(
-            hair_change=0.0, hairline_delta=0.5, volume_delta=0.5)),
+        hair=hair_style(genes, n),
     )
     landmarks = _yaw(anchors, yaw, np.array([1.0, 1.0, 10.0, 2.0, 2.0]))
 

@@ -139,12 +139,14 @@ class TrainConfig(Config):
         return dict(options) if isinstance(options, dict) else {}
 
 
-def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a YAML file (insightface field names) with ``overrides`` on top.
+def load_config(path: str | os.PathLike | None = None,
+                config_class: type[TrainConfig] = TrainConfig, **overrides: Any) -> TrainConfig:
+    """A TrainConfig (or a subclass: ``config_class``) from a YAML file (insightface field
+    names) with ``overrides`` on top.
 
     ``None`` overrides are ignored, so unset command-line flags keep the file's values.
     """
-    cfg = load_dataclass(TrainConfig, path, ignored=_IGNORED_INSIGHTFACE_KEYS,
+    cfg = load_dataclass(config_class, path, ignored=_IGNORED_INSIGHTFACE_KEYS,
                          ignored_as="insightface field", **overrides)
     if isinstance(cfg.rec, list):
         raise InputError(f"{path}: multi-dataset 'rec' lists are not supported; give one path")

@@ -164,10 +164,14 @@ class Trainer(BaseTrainer):
         self.val_sets = ([VerificationSet.from_target(t) for t in cfg.val_targets]
                          if self.is_main else [])
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: backbone (group 0) and head (group 1)."""
+        return [{"params": self.backbone.parameters()}, {"params": self.head.parameters()}]
+
     def build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
-        """One optimizer over backbone (group 0) and head (group 1), the poly LR schedule."""
+        """One optimizer over :meth:`param_groups`, the poly LR schedule."""
         cfg = self.cfg
-        params = [{"params": self.backbone.parameters()}, {"params": self.head.parameters()}]
+        params = self.param_groups()
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay)
