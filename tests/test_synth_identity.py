@@ -95,7 +95,7 @@ def test_eye_shadow_and_paint_stay_in_the_around_eye_regions():
         marked, plain = render_face(genes, n), render_face(genes | {MARKS: {}}, n)
         assert np.array_equal(marked.label_map, plain.label_map)
         around = np.isin(marked.label_map, [8, 9])
-        near = ndimage.distance_transform_edt(~around) <= (4.0 if n.blur < 0.35 else 1.5)
+        near = ndimage.distance_transform_edt(~around) <= (4.5 if n.blur < 0.35 else 2.5)
         changed = _changed(marked.image, plain.image)
         assert changed[around].mean() > 0.2 and not (changed & ~near).any(), index
         checked += 1
