@@ -68,7 +68,7 @@ demo: $(STAMP)
 		--bin $(DEMO)/synth_ver.bin --out $(DEMO)/verification
 	$(PY) -m recognition.eval_occlusion --checkpoint $(DEMO)/recognition/model.pt \
 		--data $(DEMO)/synth_val --out $(DEMO)/occlusion --pairs 100 --elsewhere \
-		--groups $(subst $(comma),+,$(ID_REGIONS)),eyes,hair
+		--groups $(subst $(comma),+,$(ID_REGIONS)),eyes,hair --protect $(ID_REGIONS)
 	@echo "== 6. FS-CAM beside Grad-CAM, RISE and Group-CAM for the trained model"
 	$(PY) -m cam.fscam --image $(DEMO)/synth_val/images/000000.png \
 		--reference $(DEMO)/synth_val/images/000001.png --aligned \

@@ -7,7 +7,8 @@ mouth, ...) in the probe image of every pair (``fserasing.erase_batch`` with exp
 classes) and measures how verification degrades: 10-fold accuracy (reference §5.5), TAR at FAR
 1e-2 / 1e-1 and AUC, beside the unoccluded baseline. A group may join names with ``+``
 (``eyes+nose``: erased together); ``--elsewhere`` adds, for each group, the control that
-erases the same pixel area per probe in other face regions chosen at random. ``DIR`` is a
+erases the same pixel area per probe in other face regions chosen at random, never in the
+regions of ``--protect`` (the identity regions, so that no control erases them). ``DIR`` is a
 ``parsing.synth`` data set (masks included) or, with ``--masks`` (a mask folder of
 ``parsing.predict`` or anything ``fserasing.open_mask_source`` reads), an ImageFolder with
 one folder per identity.
@@ -61,6 +62,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--elsewhere", action="store_true",
                    help="also erase, per group, the same pixel area in other face regions "
                    "(random whole regions, the last cut to size): the matched-area control")
+    p.add_argument("--protect", default=None, metavar="REGIONS",
+                   help="with --elsewhere: comma-separated groups or classes no control ever "
+                   "erases (e.g. the identity regions)")
     p.add_argument("--fill", default="random", choices=list_fill_modes(),
                    help="how erased pixels are filled (fserasing; default random)")
     p.add_argument("--seed", type=int, default=0)
@@ -78,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     for g in groups:
         group_ids(g)  # unknown names raise a LabelError naming them
+    protect = [] if args.protect is None else group_ids(args.protect.replace(",", "+"))
+    if protect and not args.elsewhere:
+        raise InputError("--protect needs --elsewhere (it only restricts the control)")
     if args.pairs < 20:
         raise InputError(f"--pairs must be at least 20 (10 folds), got {args.pairs}")
     dataset, identities = open_faces(args.data, args.masks)
@@ -93,10 +100,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
     table = occlusion_table(model, gallery, probes, probe_masks, issame, groups, args.fill,
                             args.batch_size, not args.no_flip, args.seed, device,
-                            args.elsewhere)
+                            args.elsewhere, protect)
     summary = {"checkpoint": args.checkpoint, "network": args.network, "data": args.data,
                "pairs": args.pairs, "fill": args.fill, "seed": args.seed,
-               "elsewhere": args.elsewhere, "table": table}
+               "elsewhere": args.elsewhere, "protect": protect, "table": table}
     (out / "occlusion.json").write_text(json.dumps(summary, indent=2))
     keys = [far_key(f) for f in OCCLUSION_FARS]
     with open(out / "occlusion.csv", "w", newline="") as f:

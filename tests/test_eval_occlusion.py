@@ -77,6 +77,67 @@ def test_elsewhere_mask_matches_the_area_outside_the_protected_regions():
     assert orders == {(1, 1), (21, 21)}
 
 
+def test_elsewhere_mask_never_takes_excluded_classes():
+    masks = torch.zeros(2, 4, 6, dtype=torch.uint8)
+    masks[0, 0, :2] = 11                       # 2 eye pixels
+    masks[0, 1, :] = 1                         # 6 cheek pixels (excluded)
+    masks[0, 2, :3] = 21                       # 3 hair pixels
+    masks[1, :, :3] = 12                       # 12 eye pixels; 3 + 3 allowed elsewhere
+    masks[1, 0, 3:] = 17
+    masks[1, 1, 3:] = 10                       # nose: excluded
+    masks[1, 2, 3:] = 22
+    eyes, exclude = FSE25.ids("eyes"), [1, 10]
+    for seed in range(10):
+        chosen = elsewhere_mask(masks, eyes, torch.Generator().manual_seed(seed), exclude)
+        assert masks[0][chosen[0]].tolist() == [21, 21]
+        assert sorted(masks[1][chosen[1]].tolist()) == [17] * 3 + [22] * 3
+    g = torch.Generator().manual_seed(3)
+    masks = torch.randint(0, 25, (6, 32, 32), generator=g, dtype=torch.uint8)
+    chosen = elsewhere_mask(masks, eyes, g, exclude=FSE25.ids(["nose", "mouth"]))
+    taken = torch.isin(masks, torch.tensor(FSE25.ids(["eyes", "nose", "mouth"])))
+    assert not (chosen & taken).any() and not (chosen & (masks == 0)).any()
+    assert torch.equal(chosen.flatten(1).sum(1),
+                       torch.isin(masks, torch.tensor(eyes)).flatten(1).sum(1))
+
+
+class _Corner(torch.nn.Module):
+    """Embeds only the top-left 16 x 16 pixels of a face (top-right ones when flipped)."""
+
+    def forward(self, x):
+        return F.avg_pool2d(x[:, :, :16, :16], 4).flatten(1)
+
+
+def test_occlusion_table_control_spares_the_protected_regions():
+    """The control of another group (hair) must never erase the identity region (nose, the
+    only pixels the model sees): with ``protect`` its row equals the unoccluded one."""
+    g = torch.Generator().manual_seed(2)
+    n = 40
+    gallery = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
+    probes = gallery.clone()
+    probes[n // 2:] = torch.randint(0, 256, (n // 2, 3, 112, 112), generator=g,
+                                    dtype=torch.uint8)
+    issame = np.arange(n) < n // 2
+    masks = torch.ones(n, 112, 112, dtype=torch.uint8)       # cheek
+    masks[:, :16, :16] = masks[:, :16, -16:] = 10            # nose, where the model looks
+    masks[:, 16:40] = 21                                     # hair, larger than the nose
+    nose = FSE25.ids("nose")
+    spared = occlusion_table(_Corner(), gallery, probes, masks, issame, groups=("hair",),
+                             batch_size=8, elsewhere=True, protect=nose)
+    assert spared["hair elsewhere"]["erased_area"] == spared["hair"]["erased_area"]
+    assert spared["hair elsewhere"]["auc"] == spared["none"]["auc"]
+    assert spared["hair"]["auc"] == spared["none"]["auc"]
+    unprotected = occlusion_table(_Corner(), gallery, probes, masks, issame, groups=("hair",),
+                                  batch_size=8, elsewhere=True)
+    assert unprotected["hair elsewhere"]["auc"] < spared["none"]["auc"]  # the nose was erased
+
+
+def test_cli_protect_needs_elsewhere(tmp_path):
+    from recognition import eval_occlusion
+
+    assert eval_occlusion.main(["--checkpoint", "c.pt", "--data", str(tmp_path), "--out",
+                                str(tmp_path / "o"), "--protect", "nose,mouth"]) == 2
+
+
 def test_occlusion_table_elsewhere_rows_erase_the_same_area_elsewhere():
     g = torch.Generator().manual_seed(1)
     n = 20

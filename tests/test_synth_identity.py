@@ -45,7 +45,7 @@ def test_marks_only_for_bound_groups_and_only_with_identity_regions():
 
 @pytest.mark.parametrize("regions, classes", [
     (["eyes"], [11, 12]), (["nose", "mouth"], [10, 17, 18, 19]), (["hair"], [21]),
-    (["brows"], [13, 14])])
+    (["brows"], [13, 14]), (["around_eyes"], [8, 9])])
 def test_marked_regions_carry_identity_and_the_rest_does_not(regions, classes):
     """Even a colour histogram of the region tells most people apart (10 identities x 4
     images: chance 0.08); without marks it does far worse, and other regions tell nothing."""
@@ -81,6 +81,25 @@ def test_marked_hair_is_worn_the_same_way_in_every_photo():
         del plain[MARKS]
         changed += not np.array_equal(render_face(plain, n).image, render_face(plain, other).image)
     assert changed >= 4  # without marks the day's hair shows (bald heads excepted)
+
+
+def test_eye_shadow_and_paint_stay_in_the_around_eye_regions():
+    """Marks around the eyes recolour regions 8 and 9 only: the label map is that of the
+    unmarked face, and the image changes only there (and where the camera blurs them)."""
+    bound = bound_groups(["around_eyes"])
+    checked = 0
+    for index in range(12):
+        genes, n = face_genes(3, index // 2, index, bound, marks=True)
+        if genes["glasses"].present < 0.3:  # glasses are left off marked eyes only
+            continue
+        marked, plain = render_face(genes, n), render_face(genes | {MARKS: {}}, n)
+        assert np.array_equal(marked.label_map, plain.label_map)
+        around = np.isin(marked.label_map, [8, 9])
+        near = ndimage.distance_transform_edt(~around) <= (4.5 if n.blur < 0.35 else 2.5)
+        changed = _changed(marked.image, plain.image)
+        assert changed[around].mean() > 0.2 and not (changed & ~near).any(), index
+        checked += 1
+    assert checked >= 6
 
 
 def test_marks_change_the_region_of_an_identity_set_only_through_identity():

@@ -56,7 +56,7 @@ MARK_GENES: dict[str, str] = {
     "nose": "hue tint mark spots spot_seed stud stud_hue width length",
     "mouth": "hue sat val lower_hue two_tone upper lower width mark mark_x",
     "hair": "hue sat val streak streak_hue streak_width streak_angle",
-    "around_eyes": "hue sat val height reach",
+    "around_eyes": "hue sat val height reach paint paint_hue paint_size paint_at",
 }
 _MARK_TYPES = {name: namedtuple(f"{name.title()}Marks", fields)
                for name, fields in MARK_GENES.items()}

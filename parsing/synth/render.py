@@ -518,11 +518,13 @@ def _draw_face(canvas: _Canvas, genes: dict[str, Any], n: Any, geo: _Geometry) -
                    [x_mid - 1.5, glabella], line_r[0]]), 7),
     ]
     canvas.partition(geo.outline, regions, base=2)
-    if (shadow := marks.get("around_eyes")) is not None:  # eye shadow over both lids
-        for centre, value, suffix in ((e_r, 8, "r"), (e_l, 9, "l")):
-            lid = _ellipse(centre[0], centre[1] - 1.0, ew / 2 + _lerp(2.0, 5.0, shadow.reach),
-                           eh / 2 + _lerp(3.0, 7.0, shadow.height), 20)
+    if (shadow := marks.get("around_eyes")) is not None:  # eye shadow over both lids, paint
+        for centre, value, s, suffix in ((e_r, 8, -1, "r"), (e_l, 9, 1, "l")):
+            lid = _ellipse(centre[0], centre[1] - 1.5, ew / 2 + _lerp(4.0, 8.0, shadow.reach),
+                           eh / 2 + _lerp(5.0, 8.0, shadow.height), 20)
             canvas.fill_inside(lid, value, [(lid, SUB["eye_shadow_" + suffix])], 1.0)
+            for paint in _eye_paint(shadow, centre, ew, eh, s):
+                canvas.fill_inside(paint, value, [(paint, SUB["eye_paint_" + suffix])], 1.0)
 
     cheek, chin, fore = genes["cheeks"], genes["chin"], genes["forehead"]
     moles = []
@@ -642,6 +644,31 @@ def _iris_pattern(m: Any, ix: float, iy: float, radius: float, side: int,
     wedge = np.concatenate([[[ix, iy]], _ellipse(ix, iy, radius * 1.05, radius * 1.05, 9, start,
                                                  start + 2.2)])
     return [(_ellipse(ix, iy, radius, radius, 20), iris), (wedge, ring)]
+
+
+def _eye_paint(m: Any, centre: np.ndarray, ew: float, eh: float, side: int) -> list[np.ndarray]:
+    """Face paint around one eye, mirrored between the eyes (the caller clips it to the
+    around-eye region): a wing from the outer corner or a band along the brow bone, and dots
+    down the temple, a band under the eye or nothing more."""
+    x, y = centre
+    size = m.paint_size
+    if m.paint < 0.5:  # a wing flicked up and out from the outer corner
+        corner = np.array([x + side * ew / 2, y])
+        angle, length = _lerp(0.3, 0.9, m.paint * 2), _lerp(8.0, 13.0, size)
+        tip = corner + length * np.array([side * math.cos(angle), -math.sin(angle)])
+        out = [np.array([[x + side * (ew / 2 - 5.0), y - eh / 2 - 2.5], tip,
+                         [corner[0], y + 1.5]])]
+    else:  # a band along the brow bone, under the brow
+        bottom, w, thick = y - eh / 2 - _lerp(2.0, 4.0, size), ew * 0.75, _lerp(2.5, 4.0, size)
+        out = [np.array([[x - w, bottom - thick], [x + w, bottom - thick], [x + w, bottom],
+                         [x - w, bottom]])]
+    if m.paint_at < 1 / 3:  # three dots down the temple
+        r, dx = _lerp(1.5, 2.4, size), ew / 2 + _lerp(3.5, 5.5, m.paint_at * 3)
+        out += [_ellipse(x + side * (dx + 0.6 * abs(k)), y + 3.6 * k, r, r, 10) for k in (-1, 0, 1)]
+    elif m.paint_at < 2 / 3:  # a band under the eye
+        top, w = y + eh * 0.25, ew * 0.7
+        out.append(np.array([[x - w, top], [x + w, top], [x + w, top + 6.0], [x - w, top + 6.0]]))
+    return out
 
 
 def _nose_marks(canvas: _Canvas, m: Any, outline: np.ndarray, tip: np.ndarray, nw: float,

@@ -88,7 +88,10 @@ def _marks_palette(rgb: np.ndarray, marks: dict[str, Any]) -> None:
         rgb[SUB["hair_streak"]] = _hsv(m.streak_hue, 0.85, 0.9)
     if (m := marks.get("around_eyes")) is not None:
         rgb[[SUB["eye_shadow_r"], SUB["eye_shadow_l"]]] = _hsv(
-            m.hue, _lerp(0.5, 1.0, m.sat), _lerp(0.3, 0.95, m.val))
+            m.hue, _lerp(0.6, 1.0, m.sat), _lerp(0.45, 1.0, m.val))
+        # paint in a colour far from the shadow's, light when the shadow is dark
+        rgb[[SUB["eye_paint_r"], SUB["eye_paint_l"]]] = _hsv(
+            m.hue + _lerp(0.25, 0.75, m.paint_hue), 0.9, _lerp(1.0, 0.55, m.val))
 
 
 def _occluder_palette(rgb: np.ndarray, occ: Any) -> None:

@@ -18,6 +18,7 @@ _DETAIL = {
 _MARKS = {
     "iris_ring_r": 11, "iris_ring_l": 12, "brow_tip_r": 13, "brow_tip_l": 14, "nose_spot": 10,
     "nose_stud": 10, "lip_stud": 19, "hair_streak": 21, "eye_shadow_r": 8, "eye_shadow_l": 9,
+    "eye_paint_r": 8, "eye_paint_l": 9,
 }
 SUB = {name: 32 + i for i, name in enumerate(_DETAIL)} | {
     name: 52 + i for i, name in enumerate(_MARKS)}

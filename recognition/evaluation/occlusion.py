@@ -80,10 +80,12 @@ def group_ids(group: str) -> list[int]:
 
 
 def elsewhere_mask(masks: torch.Tensor, protected: Sequence[int],
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, exclude: Sequence[int] = ()
+                   ) -> torch.Tensor:
     """Pixels (B, H, W) bool of the same area as the ``protected`` classes in each mask, taken
-    outside them: whole face regions (FSE-25 1..24, not protected) in a random order per
-    image, the last one cut to size in raster order. The matched-area control of an
+    outside them and outside ``exclude`` (e.g. the identity regions, when the control of
+    another group must not erase them): whole face regions (FSE-25 1..24) in a random order
+    per image, the last one cut to size in raster order. The matched-area control of an
     occlusion: erasing it shows what erasing that much face *anywhere* costs. If the other
     regions are smaller than the protected area, all of them are taken."""
     labels = masks.long().flatten(1)
@@ -94,6 +96,7 @@ def elsewhere_mask(masks: torch.Tensor, protected: Sequence[int],
     allowed = torch.zeros(256, dtype=torch.bool, device=masks.device)
     allowed[1:FSE25.num_classes] = True
     allowed[protected] = False
+    allowed[list(exclude)] = False
     draws = torch.rand(batch, 256, generator=generator, device=masks.device)
     position = draws.argsort(1).argsort(1)  # a random rank of each class per image
     inside = allowed[labels]
@@ -107,14 +110,15 @@ def occlusion_table(model: torch.nn.Module, gallery: torch.Tensor, probes: torch
                     probe_masks: torch.Tensor, issame: np.ndarray,
                     groups: Sequence[str] = DEFAULT_GROUPS, fill: str = "random",
                     batch_size: int = 32, flip: bool = True, seed: int = 0,
-                    device: torch.device | str = "cpu", elsewhere: bool = False
-                    ) -> dict[str, dict]:
+                    device: torch.device | str = "cpu", elsewhere: bool = False,
+                    protect: Sequence[int] = ()) -> dict[str, dict]:
     """Verification of pairs (gallery[i], probes[i]) with nothing, then each region group
     (a name, or names joined by ``+``), erased in the probes -> {"none" | group: metrics}.
 
     With ``elsewhere``, each group also gets a row ``"{group} elsewhere"``: the same pixel
-    area per probe erased in other face regions (:func:`elsewhere_mask`), the control that
-    tells a region that matters from an area that matters.
+    area per probe erased in other face regions (:func:`elsewhere_mask`), never in the
+    classes ``protect`` (the identity regions, say), the control that tells a region that
+    matters from an area that matters.
     """
     gallery_emb = normalised_embeddings(model, gallery, batch_size, flip, device)
     rows = [("none", None, False)]
@@ -131,7 +135,7 @@ def occlusion_table(model: torch.nn.Module, gallery: torch.Tensor, probes: torch
             for s in range(0, len(probes), batch_size):
                 masks = probe_masks[s:s + batch_size].to(device)
                 if control:  # erase the chosen pixels as one pseudo-region (class 1)
-                    masks = elsewhere_mask(masks, ids, generator).to(torch.uint8)
+                    masks = elsewhere_mask(masks, ids, generator, protect).to(torch.uint8)
                     classes = [1]
                 else:
                     classes = ids
