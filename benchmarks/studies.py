@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+import parsing.synth
 from parsing.core.errors import InputError
 from parsing.synth import write_dataset
 from recognition.training.config import TrainConfig, load_config
@@ -45,10 +46,19 @@ def config_hash(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def generator_version() -> str:
+    """A hash of the generator's source (``parsing/synth/*.py``): a cached set made by other
+    generator code is not reused."""
+    sources = sorted(Path(parsing.synth.__file__).parent.glob("*.py"))
+    return hashlib.sha1(b"".join(f.read_bytes() for f in sources)).hexdigest()[:12]
+
+
 def synth_set(root: Path, identities: int, per_identity: int, seed: int, **options: Any) -> Path:
-    """A ``parsing.synth`` set under ``root/synth/<hash>`` (written once, then reused);
-    ``options`` go to :func:`parsing.synth.write_dataset` (``identity_regions``, ...)."""
-    spec = {"identities": identities, "per_identity": per_identity, "seed": seed, **options}
+    """A ``parsing.synth`` set under ``root/synth/<hash>`` (written once, then reused while the
+    generator's code is the same); ``options`` go to :func:`parsing.synth.write_dataset`
+    (``identity_regions``, ...)."""
+    spec = {"identities": identities, "per_identity": per_identity, "seed": seed, **options,
+            "generator": generator_version()}
     out = root / "synth" / config_hash(spec)
     if not (out / "identities.csv").is_file():
         tmp = out.with_name(out.name + ".tmp")

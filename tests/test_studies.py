@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import demo_report
+from benchmarks import demo_report, studies
 from benchmarks.studies import config_hash, shuffled_identities
 from benchmarks.study_explanations import (
     identity_classes,
@@ -80,3 +80,12 @@ def test_study_commands_refuse_bad_options(module, capsys):
     main = importlib.import_module(f"benchmarks.{module}").main
     assert main(["--seeds", "0", "--out", "unused"]) == 2
     assert "error: --seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_cached_synthetic_set_is_not_reused_across_generator_code(tmp_path, monkeypatch):
+    first = studies.synth_set(tmp_path, 2, 1, 0)
+    assert json.loads((first / "spec.json").read_text())["generator"] == \
+        studies.generator_version()
+    assert studies.synth_set(tmp_path, 2, 1, 0) == first
+    monkeypatch.setattr(studies, "generator_version", lambda: "other code")
+    assert studies.synth_set(tmp_path, 2, 1, 0) != first
