@@ -27,11 +27,17 @@ with tensors stacked, plus ``skipped`` (how many samples of the batch were bad).
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypedDict
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypedDict
 
 import torch
 
-__all__ = ["BadSample", "Sample"]
+from parsing.core.errors import DataError
+
+__all__ = ["BadSample", "Sample", "read_or_skip"]
+
+log = logging.getLogger(__name__)
 
 
 class Sample(TypedDict, total=False):
@@ -50,3 +56,15 @@ class BadSample(NamedTuple):
     """Stands in for a sample whose file could not be read (``skip_bad=True``)."""
 
     error: str
+
+
+def read_or_skip(read: Callable[[], dict[str, Any]], skip_bad: bool) -> dict[str, Any] | BadSample:
+    """``read()``; with ``skip_bad``, a :class:`BadSample` (logged) where it raises a
+    :class:`~parsing.core.errors.DataError`."""
+    try:
+        return read()
+    except DataError as exc:
+        if not skip_bad:
+            raise
+        log.warning("skipping bad sample: %s", exc)
+        return BadSample(str(exc))

@@ -47,7 +47,7 @@ from fserasing.masks import MaskFolder, open_mask_source
 from parsing.core.errors import DataError, InputError, LabelError
 from parsing.core.labels import FSE25
 from parsing.core.registry import Registry
-from parsing.core.samples import BadSample
+from parsing.core.samples import BadSample, read_or_skip
 from recognition.data.datasets import decode_face
 
 __all__ = ["AFFECTNET_EXPRESSIONS", "AttributeDataset", "RAFDB_EXPRESSIONS",
@@ -157,20 +157,17 @@ class AttributeDataset(Dataset):
         return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        try:
-            image, box = self._image(index)
-            sample: dict[str, Any] = {"image": image}
-            if self.attributes is not None:
-                sample["attributes"] = self.attributes[index].float()
-            if self.expressions is not None:
-                sample["expression"] = int(self.expressions[index])
-            if self.mask_source is not None:
-                sample["mask"] = self._mask(index, box)
-        except DataError as exc:
-            if not self.skip_bad:
-                raise
-            log.warning("skipping bad sample: %s", exc)
-            return BadSample(str(exc))
+        return read_or_skip(lambda: self._sample(index), self.skip_bad)
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        image, box = self._image(index)
+        sample: dict[str, Any] = {"image": image}
+        if self.attributes is not None:
+            sample["attributes"] = self.attributes[index].float()
+        if self.expressions is not None:
+            sample["expression"] = int(self.expressions[index])
+        if self.mask_source is not None:
+            sample["mask"] = self._mask(index, box)
         return sample
 
 

@@ -11,7 +11,6 @@ and fills its slot with another sample of the batch.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from parsing.core.labels import FSE25
 from parsing.core.pixels import image_tensor
 from parsing.core.recordio import RecordIOReader, read_layout
 from parsing.core.registry import Registry
-from parsing.core.samples import BadSample
+from parsing.core.samples import BadSample, read_or_skip
 from parsing.synth import SynthFaces
 
 __all__ = [
@@ -44,8 +43,6 @@ __all__ = [
     "open_dataset",
     "register_face_dataset",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def decode_face(data: bytes, where: str, size: int | None = 112) -> torch.Tensor:
@@ -139,15 +136,12 @@ class FaceDataset(Dataset):
         return mask.to(torch.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
-        try:
-            sample = self._read(index)
-            if self.mask_source is not None:
-                sample["mask"] = self._mask(index, sample["image"])
-        except DataError as exc:
-            if not self.skip_bad:
-                raise
-            log.warning("skipping bad sample: %s", exc)
-            return BadSample(str(exc))
+        return read_or_skip(lambda: self._sample(index), self.skip_bad)
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        sample = self._read(index)
+        if self.mask_source is not None:
+            sample["mask"] = self._mask(index, sample["image"])
         return sample
 
 
