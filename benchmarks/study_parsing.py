@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply training and test identities (default 1)")
     p.add_argument("--identities", type=int, default=100, help="training identities (x scale)")
     p.add_argument("--images-per-identity", type=int, default=10)
-    p.add_argument("--test-identities", type=int, default=40, help="held-out (x scale)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--test-identities", type=int, default=30, help="held-out (x scale)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="training epochs (default 1: 122 steps of batch 8 at the default size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--chain-width", type=int, default=16,
