@@ -43,6 +43,7 @@ demo: $(STAMP)
 		--seed 1 --identity-regions $(ID_REGIONS)
 	@echo "== 2. FSErasing under every fill mode"
 	$(PY) -m fserasing --data $(DEMO)/synth --sheet $(DEMO)/fserasing_sheet.png
+	@# the default parser of benchmarks.study_parsing (RESULTS.md): width 16 + class weights
 	@echo "== 3. train a small face parser, predict masks for the recognition set"
 	$(PY) -m parsing.train --data synth:$(DEMO)/synth --out $(DEMO)/parser --width 16 \
 		--epochs $(PARSER_EPOCHS) --batch-size 8 --lr 1e-2 --augment flip --class-weights

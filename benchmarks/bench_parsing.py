@@ -41,20 +41,28 @@ def gmacs_per_image(model: torch.nn.Module, size: int, device: torch.device) -> 
     return counter.get_total_flops() / 2e9
 
 
-def interleaved(fns: dict, repeats: int, sync: Callable[[], None] = lambda: None
-                ) -> dict[str, float]:
-    """Median seconds per call of each fn, runs interleaved so load changes hit all alike."""
+def interleaved_times(fns: dict, repeats: int, sync: Callable[[], None] = lambda: None
+                      ) -> dict[str, dict[str, float]]:
+    """Median wall and process-CPU seconds per call of each fn (``{"wall", "cpu"}``), runs
+    interleaved so load changes hit all alike."""
     for fn in fns.values():
         fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    return {k: {"wall": statistics.median(w for w, _ in v),
+                "cpu": statistics.median(c for _, c in v)} for k, v in times.items()}
+
+
+def interleaved(fns: dict, repeats: int, sync: Callable[[], None] = lambda: None
+                ) -> dict[str, float]:
+    """Median wall seconds per call of each fn (:func:`interleaved_times`)."""
+    return {k: t["wall"] for k, t in interleaved_times(fns, repeats, sync).items()}
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 ``python -m parsing.evaluate --checkpoint runs/parser --data synth:data/synth_test``
 prints a table and writes the scores (and the confusion matrix) as JSON (reference §2.5; the
-conventions are those of :mod:`parsing.parser.metrics`).
+conventions are those of :mod:`parsing.parser.metrics`), with the boundary F1 within 1 and 2
+pixels (``"boundary"``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from parsing.parser.inference import Parser, default_device, model_from_checkpoi
 from parsing.parser.metrics import confusion_over, format_scores
 
 log = logging.getLogger("parsing.evaluate")
+
+BOUNDARY_TOLERANCES = (1, 2)  # pixels, for the boundary F1
 
 
 def build_arg_parser() -> ArgumentParser:
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate)
     parser = Parser(model, info["label_set"], info.get("image_size"), args.batch_size)
-    cm, skipped = confusion_over(parser, loader)
+    cm, skipped = confusion_over(parser, loader, boundary_tolerances=BOUNDARY_TOLERANCES)
     scores = cm.scores()
     scores.update(checkpoint=str(args.checkpoint), data=str(spec), split=split,
                   num_images=len(dataset) - len(skipped), skipped=skipped)

@@ -43,6 +43,8 @@ CASES = [
      "--distill-alpha"),
     ("parsing.train", "--data synth:{in}/synth --out {out}/r --device bogus", "--device"),
     ("parsing.train", "--data synth:{in}/synth --out {out}/r --device cuda:7", "--device"),
+    ("parsing.train", "--data synth:{in}/synth --out {out}/r --model smp_unet_r18 --width 16",
+     "--model"),
     ("parsing.train", "--data synth:{in}/synth --out {in}/synth/run", "--out"),
     ("parsing.train", "--data synth:{in}/synth --out {out}/r --distill-from {in}/junk.pt",
      "junk.pt"),

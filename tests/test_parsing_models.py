@@ -182,3 +182,19 @@ def test_fuse_batchnorm_keeps_outputs(name):
         fused = fuse_batchnorm(model)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
         torch.testing.assert_close(fused(x), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["smp_unet_r18", "smp_unet:mobilenet_v2"])
+def test_smp_unets_in_registry_keep_size_and_fuse(name):
+    model = parsing.create_model(name, num_classes=5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        ref = model(x)
+        assert ref.shape == (1, 5, 40, 56)
+        torch.testing.assert_close(fuse_batchnorm(model)(x), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match="smp_unet:not_an_encoder"):
+        parsing.create_model("smp_unet:not_an_encoder")

@@ -74,7 +74,7 @@ def test_demo_report_tables_links_and_missing_outputs(tmp_path, capsys):
     assert demo_report.main(["--demo", str(tmp_path / "nowhere")]) == 2
 
 
-@pytest.mark.parametrize("module", ["study_explanations", "study_augmentation"])
+@pytest.mark.parametrize("module", ["study_explanations", "study_augmentation", "study_parsing"])
 def test_study_commands_refuse_bad_options(module, capsys):
     import importlib
     main = importlib.import_module(f"benchmarks.{module}").main

@@ -8,6 +8,9 @@
   a 1x1 classifier gives the logits.
 * ``unet_timm:<name>``: the same decoder on any timm encoder (``features_only=True``, random
   weights: nothing is downloaded).
+* ``smp_unet:<encoder>`` (``smp_unet_r18`` = ``smp_unet:resnet18``): segmentation_models_pytorch's
+  ``Unet`` with random encoder weights (``encoder_weights=None``: nothing is downloaded), the
+  baseline of ``benchmarks/study_parsing.py``; needs ``segmentation-models-pytorch`` (dev extra).
 * ``scanet``: ``unet_r18`` plus SCANet's additions: DANet-style position (spatial) and channel
   attention on the deepest features, and an edge branch predicting label boundaries whose
   features also feed the classifier. In training mode it returns :class:`ParserOutput`
@@ -254,7 +257,8 @@ class SCANet(UNet):
         return ParserOutput(logits, self.edge_head(edge)) if self.training else logits
 
 
-_MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "unet_timm:<timm name>")
+_MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model", "unet_timm:<timm name>, smp_unet:<smp encoder>")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -298,6 +302,29 @@ def unet_timm(encoder: str, num_classes: int = 25,
     return model
 
 
+def smp_unet(encoder: str, num_classes: int = 25,
+             decoder_channels: Sequence[int] | None = None) -> nn.Module:
+    """``segmentation_models_pytorch.Unet(encoder, encoder_weights=None)``; decoder widths
+    default to smp's (256, 128, 64, 32, 16)."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise InputError("smp_unet models need segmentation-models-pytorch "
+                         "(pip install segmentation-models-pytorch)") from None
+    kwargs = {} if decoder_channels is None else {"decoder_channels": tuple(decoder_channels)}
+    try:
+        return smp.Unet(encoder, encoder_weights=None, classes=num_classes, **kwargs)
+    except (KeyError, ValueError) as exc:  # smp: unknown encoder / wrong decoder length
+        raise InputError(f"smp_unet:{encoder}: {exc}") from None
+
+
+@register_model("smp_unet_r18")
+def smp_unet_r18(num_classes: int = 25,
+                 decoder_channels: Sequence[int] | None = None) -> nn.Module:
+    """``smp.Unet("resnet18", encoder_weights=None)``: the usual ResNet-18 U-Net baseline."""
+    return smp_unet("resnet18", num_classes, decoder_channels)
+
+
 @torch.no_grad()
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm that follows a convolution into it, in place (eval mode only).
@@ -319,7 +346,7 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching ``pattern``; any timm model also works as
-    ``"unet_timm:<timm name>"``."""
+    ``"unet_timm:<timm name>"``, any smp encoder as ``"smp_unet:<encoder>"``."""
     return _MODELS.names(pattern)
 
 
@@ -327,4 +354,6 @@ def create_model(name: str, num_classes: int = 25, **kwargs) -> nn.Module:
     """Build a parser by registry name, e.g. ``create_model("unet_r18", num_classes=25)``."""
     if name.startswith("unet_timm:"):
         return unet_timm(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
+    if name.startswith("smp_unet:"):
+        return smp_unet(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
     return _MODELS.create(name, num_classes=num_classes, **kwargs)

@@ -257,7 +257,13 @@ class ParserTrainer(Trainer):
             if cfg.decoder_channels:
                 kwargs["decoder_channels"] = list(cfg.decoder_channels)
             self.model_name, self.model_kwargs = cfg.model, kwargs
-            net = create_model(cfg.model, num_classes=self.label_set.num_classes, **kwargs)
+            try:
+                net = create_model(cfg.model, num_classes=self.label_set.num_classes, **kwargs)
+            except TypeError as exc:  # --width / --decoder-channels for a model without them
+                if "unexpected keyword argument" not in str(exc):
+                    raise
+                raise InputError(f"--model {cfg.model} takes no "
+                                 f"{' or '.join(kwargs)} ({exc})") from None
         else:
             teacher, info = model_from_checkpoint(cfg.distill_from, self.device)
             teacher.requires_grad_(False)
