@@ -81,7 +81,7 @@ from parsing.parser.data import (
     parse_data_spec,
 )
 from parsing.parser.inference import Parser, model_from_checkpoint
-from parsing.parser.metrics import ConfusionMatrix
+from parsing.parser.metrics import ConfusionMatrix, confusion_over
 from parsing.parser.models import fuse_batchnorm
 
 OCCLUDERS = ("sunglasses", "mask", "hand", "scarf")  # parsing.synth occluder ids 1..4
@@ -281,9 +281,8 @@ def _loader(ds: Any) -> DataLoader:
 def evaluate(ckpt: Path, data: Data, device: str, photos: Path | None) -> dict:
     parser = Parser.from_checkpoint(ckpt, device)
     k, names = parser.label_set.num_classes, parser.label_set.names
-    clean = ConfusionMatrix(k, names=names, boundary_tolerances=BOUNDARY_TOLERANCES)
-    for images, targets, _ in _loader(data.test):
-        clean.update(parser(images.to(parser.device)).cpu(), targets)
+    clean, _ = confusion_over(parser, _loader(data.test), progress=False,
+                              boundary_tolerances=BOUNDARY_TOLERANCES)
     s = clean.scores()
     f1 = {r["id"]: r["f1"] for r in s["per_class"]}
     result = {"mean_f1": s["mean_f1"], "miou": s["miou"],
@@ -312,7 +311,8 @@ def occlusion_scores(parser: Parser, ds: SynthParsing) -> dict:
     under = {kind: ConfusionMatrix(k, names=names) for kind in OCCLUDERS}
     fractions = {kind: np.zeros(3) for kind in OCCLUDERS}  # as true class, as background, all
     start = 0
-    for images, targets, _ in _loader(ds):
+    for batch in _loader(ds):
+        images, targets = batch["image"], batch["mask"]
         pred = parser(images.to(parser.device)).cpu().long()
         occ = torch.stack([ds.faces.occluder_mask(i) for i in range(start, start + len(images))])
         start += len(images)

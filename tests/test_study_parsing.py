@@ -19,7 +19,7 @@ class _Replay:
         self.ds, self.fn, self.next = ds, fn, 0
 
     def __call__(self, images):
-        maps = [self.ds[i][1] for i in range(self.next, self.next + len(images))]
+        maps = [self.ds[i]["mask"] for i in range(self.next, self.next + len(images))]
         self.next += len(images)
         return self.fn(torch.stack(maps)).to(torch.uint8)
 
@@ -48,7 +48,7 @@ def test_background_everywhere_counts_occluder_pixels_as_background(occluded):
         if not v["pixels"]:
             continue
         occ = torch.stack([occluded.faces.occluder_mask(i) for i in range(len(occluded))])
-        labels = torch.stack([occluded[i][1] for i in range(len(occluded))])
+        labels = torch.stack([occluded[i]["mask"] for i in range(len(occluded))])
         under = labels[occ == study_parsing.OCCLUDERS.index(kind) + 1]
         assert v["as_true_class"] == pytest.approx(float((under == 0).float().mean()))
         assert v["as_background"] == pytest.approx(float((under != 0).float().mean()))
