@@ -23,13 +23,17 @@ class _Tiny(torch.nn.Module):
         return self.fc(self.conv(x).flatten(1))
 
 
-def test_occlusion_table_erases_only_the_probe_group():
-    g = torch.Generator().manual_seed(0)
-    n = 20
+def _random_pairs(seed: int, n: int = 20):
+    """``n`` random gallery/probe uint8 faces, random FSE-25 masks, every other pair genuine."""
+    g = torch.Generator().manual_seed(seed)
     gallery = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
     probes = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
     masks = torch.randint(0, 25, (n, 112, 112), generator=g, dtype=torch.uint8)
-    issame = np.arange(n) % 2 == 0
+    return gallery, probes, masks, np.arange(n) % 2 == 0
+
+
+def test_occlusion_table_erases_only_the_probe_group():
+    gallery, probes, masks, issame = _random_pairs(0)
     model = _Tiny().eval()
     table = occlusion_table(model, gallery, probes, masks, issame, groups=("eyes", "nose"),
                             batch_size=6, seed=5)
@@ -44,7 +48,7 @@ def test_occlusion_table_erases_only_the_probe_group():
     assert table["none"]["erased_area"] == 0.0
     generator = torch.Generator().manual_seed(5)
     eyes = torch.cat([erase_batch(probes[s:s + 6], masks[s:s + 6], p=1.0, n_erase=["eyes"],
-                                  generator=generator) for s in range(0, n, 6)])
+                                  generator=generator) for s in range(0, len(probes), 6)])
     changed = (eyes != probes).any(1)
     in_eyes = torch.isin(masks, torch.tensor(FSE25.ids("eyes")))
     assert changed.any() and not (changed & ~in_eyes).any()
@@ -139,12 +143,7 @@ def test_cli_protect_needs_elsewhere(tmp_path):
 
 
 def test_occlusion_table_elsewhere_rows_erase_the_same_area_elsewhere():
-    g = torch.Generator().manual_seed(1)
-    n = 20
-    gallery = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
-    probes = torch.randint(0, 256, (n, 3, 112, 112), generator=g, dtype=torch.uint8)
-    masks = torch.randint(0, 25, (n, 112, 112), generator=g, dtype=torch.uint8)
-    issame = np.arange(n) % 2 == 0
+    gallery, probes, masks, issame = _random_pairs(1)
     table = occlusion_table(_Tiny().eval(), gallery, probes, masks, issame,
                             groups=("eyes+nose",), batch_size=8, elsewhere=True)
     assert list(table) == ["none", "eyes+nose", "eyes+nose elsewhere"]
