@@ -31,14 +31,17 @@ import torch
 
 from benchmarks.stats import mean_std, paired_difference
 from benchmarks.studies import (
+    NETWORK,
+    NETWORK_KWARGS,
     environment,
     fmt,
     markdown_table,
+    network_kwargs,
     run_study,
     synth_set,
-    train_recognizer,
+    train_recognizers,
 )
-from cam.attributes import METHODS, TRUE_REGIONS, AttributeRegions, Output, plot_heatmap
+from cam.attributes import TRUE_REGIONS, AttributeRegions, Output, plot_heatmap
 from parsing.core.cli import cli_main
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
@@ -49,6 +52,7 @@ from recognition.attributes.models import load_attribute_model
 from recognition.attributes.training import AttributeConfig, AttributeTrainer
 
 ARMS = ("none", "fserasing")
+EXPLANATIONS = ("fscam_keep", "fscam_remove", "gradcam")
 EXPLAINED = ("Eyeglasses", "Wearing_Hat", "Mouth_Slightly_Open", "Smiling", "Black_Hair",
              "Blond_Hair")
 HEADLINE = ("mean_accuracy", "mean_balanced_accuracy", "expression_accuracy")
@@ -61,38 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/study_attributes")
     p.add_argument("--runs", help="cache of data sets and trained models (default OUT/cache)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--identities", type=int, default=250)
+    p.add_argument("--identities", type=int, default=400)
     p.add_argument("--per-identity", type=int, default=6)
-    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--network", default="timm:resnet10t")
+    p.add_argument("--size", type=int, default=112, help="image size (default 112)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--network", default=NETWORK, help=f"backbone (default {NETWORK})")
+    p.add_argument("--network-kwargs", type=json.loads,
+                   help=f"JSON backbone options (default for mbf: {json.dumps(NETWORK_KWARGS)})")
     p.add_argument("--attention", default="gc")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--explain", type=int, default=64, help="test faces explained per model")
+    p.add_argument("--explain", type=int, default=160, help="test faces explained per model")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="models trained at once, in separate processes (default 1)")
     return p
 
 
-def _explain(model: Any, test: Any, faces: int, device: str) -> tuple[dict, AttributeRegions]:
-    """Hit rates of FS-CAM and Grad-CAM on the first ``faces`` test faces."""
+def _explain(model: Any, test: Any, faces: int, device: str
+             ) -> tuple[dict, dict[str, AttributeRegions]]:
+    """Hit rates of FS-CAM (keep and remove) and Grad-CAM on the first ``faces`` test faces."""
     outputs = [Output(n, model.attribute_names.index(n), tuple(FSE25.ids(TRUE_REGIONS[n])))
                for n in EXPLAINED]
     columns = [test.attribute_names.index(n) for n in EXPLAINED]
-    regions = AttributeRegions(model, outputs, METHODS, "attention", "remove")
+    explainers = {"fscam_keep": AttributeRegions(model, outputs, ("fscam",), mode="keep"),
+                  "fscam_remove": AttributeRegions(model, outputs, ("fscam",), mode="remove"),
+                  "gradcam": AttributeRegions(model, outputs, ("gradcam",), "attention")}
     try:
         for start in range(0, faces, 16):
             samples = [test[i] for i in range(start, min(start + 16, faces))]
             images = normalise(torch.stack([s["image"] for s in samples]).to(device))
             labels = torch.stack([s["mask"] for s in samples]).to(device)
             positive = torch.stack([s["attributes"][columns] > 0.5 for s in samples])
-            regions.update(images, labels, positive)
+            for regions in explainers.values():
+                regions.update(images, labels, positive)
     finally:
-        regions.close()
-    return {method: {r["output"]: r["hit_rate"] for r in rows}
-            for method, rows in regions.result().items()}, regions
+        for regions in explainers.values():
+            regions.close()
+    return {name: {r["output"]: r["hit_rate"] for r in next(iter(regions.result().values()))}
+            for name, regions in explainers.items()}, explainers
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
@@ -105,33 +118,35 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     data = synth_set(root, args.identities, args.per_identity, 0, size=args.size)
     spec = f"synth:{data}"
     test = open_attribute_dataset(spec, "test", masks="labels", size=args.size)
-    fields = dict(rec=spec, network=args.network, network_kwargs={}, embedding_size=128,
+    fields = dict(rec=spec, network=args.network, network_kwargs=network_kwargs(args),
+                  embedding_size=128,
                   attention=args.attention, image_size=args.size, num_epoch=args.epochs,
                   warmup_epoch=1, batch_size=args.batch_size, optimizer=args.optimizer,
                   lr=args.lr, weight_decay=args.weight_decay, device=args.device,
                   num_workers=0, frequent=1000, verbose=10**9)
+    plan = [(seed, arm) for seed in range(args.seeds) for arm in ARMS]
+    trained = train_recognizers(root, [dict(
+        config_class=AttributeConfig, trainer_class=AttributeTrainer,
+        command="recognition.attributes.train", seed=seed, aug=arm, **fields)
+        for seed, arm in plan], args.jobs)
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    for seed in range(args.seeds):
-        for arm in ARMS:
-            folder, info = train_recognizer(
-                root, config_class=AttributeConfig, trainer_class=AttributeTrainer,
-                command="recognition.attributes.train", seed=seed, aug=arm, **fields)
-            cached = folder / "study_eval.json"
-            if cached.is_file():
-                record = json.loads(cached.read_text())
-            else:
-                model = load_attribute_model(folder / "model.pt", args.device)
-                result = evaluate(model, test, progress=False)
-                hits, regions = _explain(model, test, min(args.explain, len(test)), args.device)
-                record = {"seed": seed, "arm": arm, "seconds": info["seconds"], **result,
-                          "hit_rate": hits}
-                cached.write_text(json.dumps(record, indent=1))
-                if seed == 0 and arm == "fserasing":
-                    for method in METHODS:
-                        plot_heatmap(regions.table(method), EXPLAINED,
-                                     out / f"heatmap_{method}.png",
-                                     f"{method}, seed 0, fserasing: region scores on test faces")
-            runs[arm].append(record)
+    for (seed, arm), (folder, info) in zip(plan, trained, strict=True):
+        cached = folder / "study_eval.json"
+        if cached.is_file():
+            record = json.loads(cached.read_text())
+        else:
+            model = load_attribute_model(folder / "model.pt", args.device)
+            result = evaluate(model, test, progress=False)
+            hits, explainers = _explain(model, test, min(args.explain, len(test)), args.device)
+            record = {"seed": seed, "arm": arm, "seconds": info["seconds"], **result,
+                      "hit_rate": hits}
+            cached.write_text(json.dumps(record, indent=1))
+            if seed == 0 and arm == "fserasing":
+                for name, regions in explainers.items():
+                    plot_heatmap(regions.table(regions.methods[0]), EXPLAINED,
+                                 out / f"heatmap_{name}.png",
+                                 f"{name}, seed 0, fserasing: region scores on test faces")
+        runs[arm].append(record)
     summary = _summarise(runs)
     summary.update(question="FSErasing vs none on exactly-labelled synthetic attributes",
                    data={"identities": args.identities, "per_identity": args.per_identity,
@@ -156,7 +171,7 @@ def _summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
                                                        for r in records])
                              for k, a in enumerate(records[0]["attributes"])}
         row["hit_rate"] = {m: {n: mean_std([r["hit_rate"][m][n] for r in records])
-                               for n in EXPLAINED} for m in METHODS}
+                               for n in EXPLAINED} for m in EXPLANATIONS}
         row["seconds_per_run"] = mean_std([r["seconds"] for r in records])
         arms[arm] = row
     diff = {key: paired_difference([value(r, key) for r in runs["fserasing"]],
@@ -185,7 +200,7 @@ def _markdown(s: dict[str, Any]) -> str:
              "faces where the attribute is present):\n\n")
     text += markdown_table(["method", "arm", *EXPLAINED], [
         [m, arm, *(fmt(a["hit_rate"][m][n]["mean"], a["hit_rate"][m][n]["std"], 3)
-                   for n in EXPLAINED)] for m in METHODS for arm, a in arms.items()])
+                   for n in EXPLAINED)] for m in EXPLANATIONS for arm, a in arms.items()])
     env = s["environment"]
     text += (f"\nCommand: `{env['command']}` (commit {env['commit']}, {env['cores']} cores, "
              f"{env['threads']} threads, {env['cpu']}); {s['seconds']:.0f} s in all.\n")

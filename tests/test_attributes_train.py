@@ -189,3 +189,18 @@ def test_bad_input_is_one_line(tmp_path, synth, capsys):
                            str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and err.count("\n") == 1, err
+
+
+def test_none_flags_unset_what_the_config_file_set(tmp_path):
+    from recognition.attributes.train import build_arg_parser
+    from recognition.train import config_from_args
+
+    config = tmp_path / "attr.yaml"
+    config.write_text("attention: gc\nval_split: test\n")
+    args = build_arg_parser().parse_args(["--config", str(config)])
+    assert config_from_args(args, AttributeConfig)[0].attention == "gc"
+    args = build_arg_parser().parse_args(["--config", str(config), "--attention", "none",
+                                          "--val-split", "none"])
+    cfg = config_from_args(args, AttributeConfig)[0]
+    assert cfg.attention is None and cfg.val_split is None
+    assert load_config(config, AttributeConfig).val_split == "test"

@@ -4,8 +4,11 @@
 For every explained output (an attribute, or an expression class) the faces where it is
 present are explained, one region score per FSE-25 class and face:
 
-* ``fscam``: :class:`cam.FSCAM` with ``ClassTarget(column)`` (the logit), ``mode="remove"``
-  by default: how much the logit drops when the region is erased;
+* ``fscam``: :class:`cam.FSCAM` with ``ClassTarget(column)`` (the logit): by default
+  ``mode="keep"`` (reference §4.1), the logit with only the region kept; ``mode="remove"``,
+  how much the logit drops when the region is erased. On synthetic attributes keep puts
+  eyeglasses, hats and open mouths on their regions far more often than remove, whose
+  erasure of a large region moves any logit (``benchmarks/RESULTS.md``, attribute study);
 * ``gradcam``: the share of Grad-CAM's positive mass in each region
   (``region_attribution(..., reduce="share")``).
 
@@ -88,7 +91,7 @@ class AttributeRegions:
         outputs: the outputs to explain.
         methods: ``fscam`` and/or ``gradcam``.
         target_layer: Grad-CAM's layer (module or dotted name).
-        mode: FS-CAM ``remove`` (default) or ``keep``.
+        mode: FS-CAM ``keep`` (default) or ``remove``.
         batch_size: FS-CAM rows per forward pass.
     """
 
@@ -96,7 +99,7 @@ class AttributeRegions:
     outputs: Sequence[Output]
     methods: Sequence[str] = METHODS
     target_layer: nn.Module | str | None = None
-    mode: str = "remove"
+    mode: str = "keep"
     batch_size: int = 64
     stats: dict[str, dict[str, RegionStats]] = field(init=False)
     hits: dict[str, dict[str, list[float]]] = field(init=False)

@@ -45,9 +45,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     regions.add_argument("--parser", help="face parser checkpoint (parsing.Parser)")
     ap.add_argument("--method", default=",".join(METHODS),
                     help=f"comma-separated, of {', '.join(METHODS)} (default both)")
-    ap.add_argument("--mode", choices=("remove", "keep"), default="remove",
-                    help="FS-CAM: the logit's drop when a region is erased (remove) or the logit "
-                         "with only the region kept (keep)")
+    ap.add_argument("--mode", choices=("keep", "remove"), default="keep",
+                    help="FS-CAM: the logit with only the region kept (keep, the default) or "
+                         "its drop when the region is erased (remove)")
     ap.add_argument("--outputs", help="comma-separated attribute names and expression classes "
                                       "to explain (default: all the data set has)")
     ap.add_argument("--target-layer", help="Grad-CAM layer (default: the attention block, "

@@ -33,8 +33,8 @@ def build_arg_parser() -> ArgumentParser:
                         epilog=__doc__.split("\n\n", 1)[1])
     add_training_arguments(ap, f"KIND:PATH, KIND one of {', '.join(list_attribute_datasets())}")
     a = ap.add_argument
-    a("--attention", choices=list_attentions(),
-      help="contextual channel attention after the backbone's last feature map")
+    a("--attention", choices=[*list_attentions(), "none"],
+      help="contextual channel attention after the backbone's last feature map (default none)")
     a("--attention-kwargs", help="JSON options of the attention block, e.g. '{\"reduction\": 8}'")
     a("--backbone-checkpoint", help="initial backbone weights (e.g. a recognizer's model.pt)")
     a("--expression-weight", type=non_negative_float,
@@ -42,8 +42,9 @@ def build_arg_parser() -> ArgumentParser:
     a("--image-size", type=positive_int,
       help="faces are centre-cropped to a square and resized to this (default 112)")
     a("--split", choices=("train", "val", "test", "all"), help="split to train on (train)")
-    a("--val-split", choices=("train", "val", "test", "all"),
-      help="split validated on every --val-every steps and at the end (default val)")
+    a("--val-split", choices=("train", "val", "test", "all", "none"),
+      help="split validated on every --val-every steps and at the end (default val; none: "
+           "no validation)")
     return ap
 
 

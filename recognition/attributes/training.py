@@ -45,15 +45,20 @@ log = logging.getLogger(__name__)
 class AttributeConfig(TrainConfig):
     """``TrainConfig`` plus what an attribute model needs (``rec``: ``KIND:PATH``)."""
 
-    attention: str | None = None  #: channel attention block: gc | se | None
+    attention: str | None = None  #: channel attention block: gc | se | None ("none")
     attention_kwargs: dict[str, Any] = field(default_factory=dict)  #: e.g. {"reduction": 8}
     backbone_checkpoint: str | None = None  #: initial backbone weights (a recognizer's model.pt)
     expression_weight: float = 1.0  #: weight of the expression loss beside the attribute loss
     split: str = "train"  #: the split trained on
-    val_split: str | None = "val"  #: the split validated on (None: no validation)
+    val_split: str | None = "val"  #: the split validated on (None or "none": no validation)
 
     def validate(self) -> None:
         super().validate()
+        # "none" lets a flag or a YAML file unset what a config file or a resumed run set
+        if self.attention == "none":
+            self.attention = None
+        if self.val_split == "none":
+            self.val_split = None
         if self.attention is not None and self.attention not in list_attentions():
             raise InputError(f"attention must be one of {', '.join(list_attentions())}, got "
                              f"{self.attention!r}")
