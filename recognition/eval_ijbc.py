@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise DataError(f"{args.features}: not a readable .npy feature file ({exc})") from None
     else:
         device = torch.device(args.device)
-        model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
+        model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device,
+                              args.imports or ())
         features = embed_batches(
             model, aligned_batches(protocol, args.batch_size, args.workers, device),
             flip=not args.no_flip, device=device, total=len(protocol),

@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     gallery, probes = images[inverse[:len(first)]], images[inverse[len(first):]]
     probe_masks = masks[inverse[len(first):]]
     device = torch.device(args.device)
-    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
+    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device,
+                          args.imports or ())
     table = occlusion_table(model, gallery, probes, probe_masks, issame, groups, args.fill,
                             args.batch_size, not args.no_flip, args.seed, device,
                             args.elsewhere, protect)

@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         output_dir(args.out, {"--checkpoint": args.checkpoint, "--bin": args.bin},
                    overwrite=args.overwrite, entries=("verification.json", "verification.csv"))
     device = torch.device(args.device)
-    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device)
+    model = load_backbone(args.checkpoint, args.network, args.network_kwargs, device,
+                          args.imports or ())
     results = {}
     for path in args.bin:
         results[Path(path).stem] = evaluate_bin(model, path, args.batch_size,

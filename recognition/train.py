@@ -16,6 +16,7 @@ from pathlib import Path
 from fserasing.augment import list_augmentations
 from parsing.core.cli import (
     ArgumentParser,
+    add_import_argument,
     cli_main,
     device,
     non_negative_float,
@@ -82,8 +83,7 @@ def add_training_arguments(ap: ArgumentParser, data_help: str) -> None:
     a("--data", dest="rec", help=data_help)
     a("--network", help="backbone name (iresnet18..200, mbf, timm:<name>, r50, ...)")
     a("--network-kwargs", help="JSON keyword arguments for the backbone")
-    a("--import", dest="imports", action="append",
-      help="import this module first (e.g. one that registers a custom backbone)")
+    add_import_argument(ap)
     a("--embedding-size", type=positive_int)
     a("--aug", choices=list_augmentations())
     a("--masks", help="FSErasing masks: a mask store (masks.rec from parsing.predict --store), "

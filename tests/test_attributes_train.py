@@ -46,10 +46,11 @@ def test_train_evaluate_explain_on_synthetic_attributes(tmp_path, synth, capsys)
     info = json.loads((run / "model.json").read_text())
     assert info["attention"] == "gc" and info["attention_layer"] == "act"
     assert info["expression_names"] == ["neutral", "happiness", "surprise"]
+    assert info["imports"] == ["tests.recog_helpers"]  # what loading tiny_cnn needs
     assert (run / "tb").is_dir() and (run / "config.yaml").is_file()
 
     assert evaluate_main(["--model", str(run / "model.pt"), "--data", f"synth:{synth}",
-                          "--out", str(tmp_path / "eval")]) == 0
+                          "--import", "tests.recog_helpers", "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 8 and len(metrics["attributes"]) == 11
     assert len(metrics["expression"]["confusion"]) == 3

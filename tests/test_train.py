@@ -267,6 +267,7 @@ def test_fserasing_with_masks_from_a_parser_checkpoint(tmp_path, faces):
                  "--masks", f"parser:{tmp_path / 'parser'}", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["global_step"] == 3
     assert (out / "model.pt").is_file()
+    assert json.loads((out / "model.json").read_text())["imports"] == ["tests.recog_helpers"]
 
 
 def test_skip_bad_counts_unreadable_images(tmp_path, faces, capsys):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from cam.attributes import METHODS, TRUE_REGIONS, AttributeRegions, Output, plot_heatmap
-from parsing.core.cli import ArgumentParser, cli_main, device, positive_int
+from parsing.core.cli import ArgumentParser, add_import_argument, cli_main, device, positive_int
 from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
 from parsing.core.paths import data_path, output_dir
@@ -57,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", type=device, default="cpu")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--overwrite", action="store_true")
+    add_import_argument(ap)
     return ap.parse_args(argv)
 
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.data.startswith("synth:"):
             raise InputError("face regions needed: give --masks or --parser")
         masks = "labels"
-    model = load_attribute_model(args.model, args.device)
+    model = load_attribute_model(args.model, args.device, args.imports or ())
     dataset = open_attribute_dataset(args.data, args.split, masks=masks, size=model.image_size)
     parser = None
     if args.parser is not None:

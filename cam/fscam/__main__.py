@@ -253,7 +253,8 @@ def run(args: argparse.Namespace) -> None:
                                 "--reference": args.reference, "--model": args.model,
                                 "--parser": args.parser, "--labels": args.labels},
                      overwrite=args.overwrite)
-    model = load_backbone(args.model, args.network, args.network_kwargs, args.device)
+    model = load_backbone(args.model, args.network, args.network_kwargs, args.device,
+                          args.imports or ())
     label_source = LabelSource(args.parser, args.labels, None if args.image else args.images,
                                args.device)
     methods = METHODS if args.method == "all" else (args.method,)

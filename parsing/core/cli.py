@@ -74,6 +74,14 @@ def _number(text: str, cast: type) -> float | int:
         raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
 
 
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE`` (repeatable, into ``imports``): modules that register custom
+    backbones or augmentations, imported before anything is built by name."""
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import this module first (e.g. one that registers a custom "
+                             "backbone); repeatable")
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     value = _number(text, int)

@@ -14,4 +14,5 @@ class DataError(InputError):
 
 
 class MissingDependencyError(InputError, ImportError):
-    """An optional package is not installed; the message says how to install it."""
+    """An optional package is not installed, or a plugin module (``--import``) not imported;
+    the message says what to do."""

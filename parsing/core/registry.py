@@ -7,14 +7,25 @@ and dataset kinds each keep one :class:`Registry` and expose ``register_x`` / ``
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 from parsing.core.errors import InputError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "import_plugins"]
 
 T = TypeVar("T")
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import each module of ``--import`` (one that registers a custom backbone, augmentation,
+    ...) so that its entries can be created by name."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InputError(f"--import {module}: cannot import it ({exc})") from None
 
 
 class Registry(Generic[T]):

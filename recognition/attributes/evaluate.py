@@ -14,7 +14,14 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from parsing.core.cli import ArgumentParser, cli_main, device, non_negative_int, positive_int
+from parsing.core.cli import (
+    ArgumentParser,
+    add_import_argument,
+    cli_main,
+    device,
+    non_negative_int,
+    positive_int,
+)
 from parsing.core.paths import data_path, output_dir
 from recognition.attributes.data import list_attribute_datasets, open_attribute_dataset
 from recognition.attributes.evaluation import evaluate, plot_attributes, plot_confusion
@@ -38,6 +45,7 @@ def build_arg_parser() -> ArgumentParser:
     ap.add_argument("--skip-bad", action="store_true",
                     help="leave out malformed rows and unreadable images (counted)")
     ap.add_argument("--overwrite", action="store_true")
+    add_import_argument(ap)
     return ap
 
 
@@ -46,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_arg_parser().parse_args(argv)
     out = output_dir(args.out, {"--model": args.model, "--data": data_path(args.data)},
                      overwrite=args.overwrite)
-    model = load_attribute_model(args.model, args.device)
+    model = load_attribute_model(args.model, args.device, args.imports or ())
     dataset = open_attribute_dataset(args.data, args.split, skip_bad=args.skip_bad,
                                      size=model.image_size)
     result = evaluate(model, dataset, args.batch_size, args.workers)

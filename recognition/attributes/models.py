@@ -36,10 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from parsing.core.errors import DataError, InputError
+from parsing.core.errors import DataError, InputError, MissingDependencyError
 from parsing.core.io import load_checkpoint
-from parsing.core.registry import Registry
+from parsing.core.registry import Registry, import_plugins
 from recognition.backbones import create_backbone
+from recognition.backbones.registry import require_backbone
 
 __all__ = ["AttributeNet", "ContextChannelAttention", "create_attention",
            "create_attribute_model", "feature_layer", "list_attentions",
@@ -225,29 +226,37 @@ def create_attribute_model(network: str, attribute_names: Sequence[str] = (),
                         image_size=image_size, **kwargs)
 
 
-def model_info(model: AttributeNet, network: str, network_kwargs: dict) -> dict[str, Any]:
-    """What :func:`load_attribute_model` needs to rebuild ``model`` (``model.json``)."""
+def model_info(model: AttributeNet, network: str, network_kwargs: dict,
+               imports: Sequence[str] = ()) -> dict[str, Any]:
+    """What :func:`load_attribute_model` needs to rebuild ``model`` (``model.json``;
+    ``imports``: the training run's ``--import`` modules)."""
     return {"kind": "attributes", "network": network, "network_kwargs": network_kwargs,
+            "imports": list(imports),
             "attention": model.attention_name, "attention_layer": model.attention_layer,
             "attention_kwargs": model.attention_kwargs,
             "attribute_names": model.attribute_names,
             "expression_names": model.expression_names, "image_size": model.image_size}
 
 
-def load_attribute_model(path: str | os.PathLike, device: torch.device | str = "cpu"
-                         ) -> AttributeNet:
+def load_attribute_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+                         imports: Sequence[str] = ()) -> AttributeNet:
     """The model saved as ``path`` (a run's ``model.pt``) rebuilt from the ``model.json``
-    beside it, in eval mode on ``device``."""
+    beside it, in eval mode on ``device``; ``imports``: modules registering a custom backbone
+    (``--import``)."""
     path = Path(path)
     info_path = path.with_name("model.json")
+    import_plugins(imports)
     try:
         info = json.loads(info_path.read_text())
         if info.get("kind") != "attributes":
             raise KeyError("kind")
+        require_backbone(info["network"], info.get("imports", []), str(info_path))
         model = create_attribute_model(
             info["network"], info["attribute_names"], info["expression_names"],
             info["attention"], info["network_kwargs"], info["image_size"],
             attention_layer=info["attention_layer"], attention_kwargs=info["attention_kwargs"])
+    except MissingDependencyError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{info_path}: missing (an attribute model needs the model.json "
                         "that recognition.attributes.train writes beside model.pt)") from None

@@ -146,7 +146,7 @@ class AttributeTrainer(Trainer):
         return self.net.state_dict()
 
     def model_info(self) -> dict[str, Any]:
-        return model_info(self.net, self.cfg.network, self.network_kwargs)
+        return model_info(self.net, self.cfg.network, self.network_kwargs, self.cfg.imports)
 
     def shared_state(self) -> dict[str, Any]:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from parsing.core.errors import InputError
+from parsing.core.errors import InputError, MissingDependencyError
 from parsing.core.registry import Registry
 from recognition.backbones.checkpoint import load_backbone_weights
 from recognition.backbones.timm_backbone import TimmBackbone
@@ -27,6 +27,14 @@ TIMM_PREFIX = "timm:"
 def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a backbone constructor under its function name (timm style decorator)."""
     return _BACKBONES.register(fn)
+
+
+def require_backbone(name: str, imports: list[str], source: str) -> None:
+    """A :class:`MissingDependencyError` saying which ``--import`` to give when ``name`` is not
+    a known backbone but the run that made ``source`` (a ``model.json``) imported ``imports``."""
+    if imports and not name.startswith(TIMM_PREFIX) and _ALIASES.get(name, name) not in _BACKBONES:
+        raise MissingDependencyError(f"{source}: backbone {name!r} was registered by the run's "
+                         f"--import {' --import '.join(imports)}; give the same --import")
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

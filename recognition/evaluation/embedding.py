@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from parsing.core.cli import add_import_argument
 from parsing.core.errors import DataError, InputError
 from parsing.core.pixels import normalise
 from parsing.core.progress import progress_bar
+from parsing.core.registry import import_plugins
 from recognition.backbones import create_backbone
+from recognition.backbones.registry import require_backbone
 
 
 @torch.no_grad()
@@ -63,15 +66,17 @@ def image_batches(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tenso
 
 
 def load_backbone(checkpoint: str | os.PathLike, network: str | None = None,
-                  network_kwargs: dict | None = None, device: torch.device | str = "cpu"
-                  ) -> nn.Module:
+                  network_kwargs: dict | None = None, device: torch.device | str = "cpu",
+                  imports: Sequence[str] = ()) -> nn.Module:
     """A backbone with the weights of ``checkpoint`` (a plain state_dict or a training
     checkpoint), in eval mode on ``device``.
 
     ``network`` names it for ``recognition.create_backbone`` (with ``network_kwargs``); if it
     is None, the ``model.json`` that ``recognition.train`` writes beside ``model.pt`` supplies
-    the network, its keyword arguments and the embedding size.
+    the network, its keyword arguments and the embedding size. ``imports``: modules that
+    register a custom backbone (``--import``).
     """
+    import_plugins(imports)
     kwargs = dict(network_kwargs or {})
     if network is None:
         info_path = Path(checkpoint).with_name("model.json")
@@ -82,6 +87,7 @@ def load_backbone(checkpoint: str | os.PathLike, network: str | None = None,
             raise InputError(f"give --network: no {info_path} beside the checkpoint") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{info_path}: not a model description ({exc})") from None
+        require_backbone(network, info.get("imports") or [], str(info_path))
         kwargs = {"num_features": info.get("embedding_size", 512),
                   **(info.get("network_kwargs") or {}), **kwargs}
     return create_backbone(network, checkpoint_path=checkpoint, **kwargs).to(device).eval()
@@ -107,3 +113,4 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, required: bool = Tru
                         f"(default: from the model.json beside {flag})")
     parser.add_argument("--network-kwargs", type=network_kwargs_arg, metavar="JSON",
                         help="keyword arguments for the backbone, e.g. '{\"num_features\": 128}'")
+    add_import_argument(parser)

@@ -22,7 +22,6 @@ On CPU, glibc's allocator setting of reference §8 makes training 1.2-1.8x faste
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from torch import nn
 
 from fserasing.augment import BatchAugment
 from parsing.core.errors import DataError, InputError
+from parsing.core.registry import import_plugins
 from parsing.core.training import PolyWarmup
 from parsing.core.training import Trainer as BaseTrainer
 from recognition.backbones import create_backbone
@@ -76,11 +76,7 @@ class Trainer(BaseTrainer):
 
     def __init__(self, cfg: TrainConfig, resume_from: str | os.PathLike | None = None,
                  overwrite: bool = False, allow_data_change: bool = False) -> None:
-        for module in cfg.imports:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise InputError(f"imports: cannot import {module!r} ({exc})") from None
+        import_plugins(cfg.imports)
         # before the data: says whether masks are needed, and checks the options early
         self.augment = BatchAugment(cfg.aug, cfg.flip, cfg.aug_options())
         super().__init__(cfg, resume_from, overwrite, allow_data_change)
@@ -201,7 +197,7 @@ class Trainer(BaseTrainer):
     def model_info(self) -> dict[str, Any]:
         return {"network": self.cfg.network, "network_kwargs": self.cfg.network_kwargs,
                 "embedding_size": self.cfg.embedding_size, "image_size": self.cfg.image_size,
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "imports": self.cfg.imports}
 
     def shared_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.state_dict()}
