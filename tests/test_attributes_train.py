@@ -205,3 +205,41 @@ def test_none_flags_unset_what_the_config_file_set(tmp_path):
     cfg = config_from_args(args, AttributeConfig)[0]
     assert cfg.attention is None and cfg.val_split is None
     assert load_config(config, AttributeConfig).val_split == "test"
+
+
+def test_explaining_with_a_parser_equals_explaining_with_its_label_maps(tmp_path, synth):
+    """``cam.attributes --parser P`` explains on P's label maps: the same table as ``--masks``
+    with a folder of those maps."""
+    from parsing import Parser
+    from parsing.core.io import atomic_save
+    from parsing.core.pixels import normalise
+    from parsing.parser.inference import save_parser
+    from parsing.parser.models import create_model
+    from recognition.attributes.data import open_attribute_dataset
+    from recognition.attributes.models import create_attribute_model, model_info
+
+    torch.manual_seed(0)
+    save_parser(tmp_path / "parser", create_model("unet_r18", num_classes=25, width=8),
+                "unet_r18", {"width": 8})  # untrained: any label maps will do
+    net = create_attribute_model("tiny_cnn", ["Bangs", "Eyeglasses"],
+                                 ["neutral", "happiness", "surprise"], "gc", {"num_features": 8})
+    (tmp_path / "attr").mkdir()
+    atomic_save(net.state_dict(), tmp_path / "attr" / "model.pt")
+    (tmp_path / "attr" / "model.json").write_text(json.dumps(
+        model_info(net, "tiny_cnn", {"num_features": 8}, ["tests.recog_helpers"])))
+    dataset = open_attribute_dataset(f"synth:{synth}", "test")
+    predicted = Parser.from_checkpoint(tmp_path / "parser")(
+        normalise(torch.stack([dataset[i]["image"] for i in range(len(dataset))])))
+    for i in range(len(dataset)):
+        write_label_map(tmp_path / "maps" / Path(dataset.image_path(i)).relative_to(
+            dataset.root).with_suffix(".png"), predicted[i].numpy())
+    tables = []
+    for regions in (["--parser", str(tmp_path / "parser")], ["--masks", str(tmp_path / "maps")]):
+        out = tmp_path / f"explain{len(tables)}"
+        assert explain_main(["--model", str(tmp_path / "attr" / "model.pt"), "--data",
+                             f"synth:{synth}", *regions, "--out", str(out)]) == 0
+        tables.append(json.loads((out / "regions.json").read_text())["methods"])
+    assert tables[0] == tables[1]
+    assert {r["output"] for r in tables[0]["fscam"]} == {
+        "Bangs", "Eyeglasses", "expression:neutral", "expression:happiness",
+        "expression:surprise"}
