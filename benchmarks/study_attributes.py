@@ -12,8 +12,9 @@ faces: mean accuracy, mean balanced accuracy and expression accuracy (mean ± st
 the paired difference fserasing - none with a 95 % t interval), per-attribute accuracy, and the
 top-1 hit rate on the regions that carry the exactly-known attributes (``cam.attributes``;
 eyeglasses: eyes, around-eye, glasses; hat: headwear, forehead; open mouth and smile: mouth;
-black and blond hair: hair) of FS-CAM keep (the reference), FS-CAM remove and
-region-aggregated Grad-CAM, beside the rate of a random pick among the regions present.
+black and blond hair: hair) of FS-CAM keep (the reference), FS-CAM remove and Grad-CAM
+aggregated per region (its share of the positive mass, and its mean over the region's pixels),
+beside the rate of a random pick among the regions present.
 Models are trained ``--jobs`` at a time and cached by config hash under ``OUT/cache``.
 Writes ``study.json``, ``study.md`` and ``heatmap_<explanation>.png`` (seed 0, fserasing)
 under ``--out``.
@@ -54,7 +55,7 @@ from recognition.attributes.models import load_attribute_model
 from recognition.attributes.training import AttributeConfig, AttributeTrainer
 
 ARMS = ("none", "fserasing")
-EXPLANATIONS = ("fscam_keep", "fscam_remove", "gradcam")
+EXPLANATIONS = ("fscam_keep", "fscam_remove", "gradcam_share", "gradcam_mean")
 EXPLAINED = ("Eyeglasses", "Wearing_Hat", "Mouth_Slightly_Open", "Smiling", "Black_Hair",
              "Blond_Hair")
 HEADLINE = ("mean_accuracy", "mean_balanced_accuracy", "expression_accuracy")
@@ -88,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _explain(model: Any, test: Any, faces: int, device: str
              ) -> tuple[dict, dict[str, AttributeRegions]]:
-    """Hit rates of FS-CAM (keep and remove) and Grad-CAM on the first ``faces`` test faces."""
+    """Hit rates of FS-CAM (keep and remove) and Grad-CAM (share and mean per region) on the
+    first ``faces`` test faces."""
     outputs = [Output(n, model.attribute_names.index(n), tuple(FSE25.ids(TRUE_REGIONS[n])))
                for n in EXPLAINED]
     columns = [test.attribute_names.index(n) for n in EXPLAINED]
     explainers = {"fscam_keep": AttributeRegions(model, outputs, ("fscam",), mode="keep"),
                   "fscam_remove": AttributeRegions(model, outputs, ("fscam",), mode="remove"),
-                  "gradcam": AttributeRegions(model, outputs, ("gradcam",), "attention")}
+                  "gradcam_share": AttributeRegions(model, outputs, ("gradcam",), "attention"),
+                  "gradcam_mean": AttributeRegions(model, outputs, ("gradcam",), "attention",
+                                                   gradcam_reduce="mean")}
     try:
         for start in range(0, faces, 16):
             samples = [test[i] for i in range(start, min(start + 16, faces))]
@@ -153,9 +157,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for (seed, arm), (folder, info) in zip(plan, trained, strict=True):
         cached = folder / "study_eval.json"
-        if cached.is_file():
-            record = json.loads(cached.read_text())
-        else:
+        record = json.loads(cached.read_text()) if cached.is_file() else {}
+        if set(record.get("hit_rate", {})) != set(EXPLANATIONS):  # none, or other methods
             model = load_attribute_model(folder / "model.pt", args.device)
             result = evaluate(model, test, progress=False)
             hits, explainers = _explain(model, test, min(args.explain, len(test)), args.device)

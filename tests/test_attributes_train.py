@@ -13,6 +13,7 @@ import torch
 
 import tests.recog_helpers  # noqa: F401 - registers tiny_cnn
 from cam.attributes.__main__ import main as explain_main
+from parsing.core.errors import InputError
 from parsing.core.io import write_label_map
 from parsing.synth import write_dataset
 from recognition.attributes.evaluate import main as evaluate_main
@@ -237,9 +238,32 @@ def test_explaining_with_a_parser_equals_explaining_with_its_label_maps(tmp_path
     for regions in (["--parser", str(tmp_path / "parser")], ["--masks", str(tmp_path / "maps")]):
         out = tmp_path / f"explain{len(tables)}"
         assert explain_main(["--model", str(tmp_path / "attr" / "model.pt"), "--data",
-                             f"synth:{synth}", *regions, "--out", str(out)]) == 0
-        tables.append(json.loads((out / "regions.json").read_text())["methods"])
+                             f"synth:{synth}", *regions, "--gradcam-reduce", "mean",
+                             "--out", str(out)]) == 0
+        saved = json.loads((out / "regions.json").read_text())
+        assert saved["gradcam_reduce"] == "mean"
+        tables.append(saved["methods"])
     assert tables[0] == tables[1]
     assert {r["output"] for r in tables[0]["fscam"]} == {
         "Bangs", "Eyeglasses", "expression:neutral", "expression:happiness",
         "expression:surprise"}
+
+
+def test_gradcam_per_region_is_a_share_or_a_mean():
+    """A map equal to its own label ids: the mean over region k is k; the share is k x area_k
+    over the total."""
+    from types import SimpleNamespace
+
+    from cam.attributes import region_scores
+
+    labels = torch.tensor([[[0, 1, 1, 1], [0, 2, 2, 3], [3, 3, 3, 3], [3, 3, 3, 3]]])
+    explainer = SimpleNamespace(explain=lambda images, target: SimpleNamespace(
+        raw=labels.float()))
+    images = torch.zeros(1, 3, 4, 4)
+    mean = region_scores("gradcam", explainer, images, labels, 0, "mean")[0]
+    share = region_scores("gradcam", explainer, images, labels, 0)[0]
+    torch.testing.assert_close(mean[:4], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    torch.testing.assert_close(share[:4], torch.tensor([0.0, 3.0, 4.0, 27.0]) / 34.0)
+    assert mean[4:].isnan().all() and share[4:].isnan().all()  # absent regions
+    with pytest.raises(InputError, match="gradcam_reduce must be 'share' or 'mean'"):
+        region_scores("gradcam", explainer, images, labels, 0, "max")

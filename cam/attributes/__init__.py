@@ -10,7 +10,9 @@ present are explained, one region score per FSE-25 class and face:
   eyeglasses, hats and open mouths on their regions far more often than remove, whose
   erasure of a large region moves any logit (``benchmarks/RESULTS.md``, attribute study);
 * ``gradcam``: the share of Grad-CAM's positive mass in each region
-  (``region_attribution(..., reduce="share")``).
+  (``region_attribution(..., reduce="share")``, the default), or its mean over the region's
+  pixels (``gradcam_reduce="mean"``: a density, which a small region can top; the share favours
+  large regions).
 
 :class:`AttributeRegions` accumulates them into an outputs x regions table (mean +- std over
 faces, :class:`cam.RegionStats`) and, for outputs whose true regions are known
@@ -67,16 +69,19 @@ class Output:
 
 
 def region_scores(method: str, explainer: Explainer, images: Tensor, label_maps: Tensor,
-                  column: int) -> Tensor:
-    """(B, 25) scores of each region for output ``column`` (NaN where a region is absent)."""
+                  column: int, gradcam_reduce: str = "share") -> Tensor:
+    """(B, 25) scores of each region for output ``column`` (NaN where a region is absent);
+    ``gradcam_reduce``: ``share`` or ``mean`` (module docstring)."""
     target = ClassTarget(column)
     present = region_attribution(torch.ones(label_maps.shape, device=images.device),
                                  label_maps) > 0
     if method == "fscam":
         scores = explainer.explain(images, target, label_maps=label_maps).region_scores
     elif method == "gradcam":
+        if gradcam_reduce not in ("share", "mean"):
+            raise InputError(f"gradcam_reduce must be 'share' or 'mean', got {gradcam_reduce!r}")
         scores = region_attribution(explainer.explain(images, target).raw, label_maps,
-                                    reduce="share")
+                                    reduce=gradcam_reduce)
     else:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     return torch.where(present, scores, float("nan"))
@@ -93,6 +98,7 @@ class AttributeRegions:
         target_layer: Grad-CAM's layer (module or dotted name).
         mode: FS-CAM ``keep`` (default) or ``remove``.
         batch_size: FS-CAM rows per forward pass.
+        gradcam_reduce: Grad-CAM per region: ``share`` (default) or ``mean``.
     """
 
     model: nn.Module
@@ -101,6 +107,7 @@ class AttributeRegions:
     target_layer: nn.Module | str | None = None
     mode: str = "keep"
     batch_size: int = 64
+    gradcam_reduce: str = "share"
     stats: dict[str, dict[str, RegionStats]] = field(init=False)
     hits: dict[str, dict[str, list[float]]] = field(init=False)
 
@@ -129,7 +136,8 @@ class AttributeRegions:
                 continue
             x, labels = images[chosen], label_maps[chosen]
             for method, explainer in self.explainers.items():
-                scores = region_scores(method, explainer, x, labels, out.column).cpu()
+                scores = region_scores(method, explainer, x, labels, out.column,
+                                       self.gradcam_reduce).cpu()
                 self.stats[method][out.name].update(scores)
                 if out.truth:
                     truth = torch.zeros(FSE25.num_classes, dtype=torch.bool)

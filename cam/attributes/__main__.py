@@ -48,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=("keep", "remove"), default="keep",
                     help="FS-CAM: the logit with only the region kept (keep, the default) or "
                          "its drop when the region is erased (remove)")
+    ap.add_argument("--gradcam-reduce", choices=("share", "mean"), default="share",
+                    help="Grad-CAM per region: the share of the map's positive mass (default) or "
+                         "its mean over the region's pixels")
     ap.add_argument("--outputs", help="comma-separated attribute names and expression classes "
                                       "to explain (default: all the data set has)")
     ap.add_argument("--target-layer", help="Grad-CAM layer (default: the attention block, "
@@ -110,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     layer = args.target_layer or ("attention" if model.attention is not None else
                                   "backbone." + feature_layer(model.backbone,
                                                               model.image_size)[0])
-    regions = AttributeRegions(model, outputs, methods, layer, args.mode)
+    regions = AttributeRegions(model, outputs, methods, layer, args.mode,
+                               gradcam_reduce=args.gradcam_reduce)
     count = min(len(dataset), args.limit or len(dataset))
     try:
         for start in progress_bar(range(0, count, args.batch_size), desc="explain",
@@ -126,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = regions.result()
     (out / "regions.json").write_text(json.dumps(
         {"model": args.model, "data": args.data, "split": args.split, "faces": count,
-         "mode": args.mode, "target_layer": layer, "methods": result}, indent=1))
+         "mode": args.mode, "gradcam_reduce": args.gradcam_reduce, "target_layer": layer,
+         "methods": result}, indent=1))
     with open(out / "regions.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "output", "region", "faces", "mean", "std"])
@@ -135,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for region, s in row["regions"].items():
                     writer.writerow([method, row["output"], region, s["count"],
                                      f"{s['mean']:.6g}", f"{s['std']:.6g}"])
-    what = {"fscam": f"FS-CAM ({args.mode}): logit", "gradcam": "Grad-CAM: share of the map"}
+    what = {"fscam": f"FS-CAM ({args.mode}): logit",
+            "gradcam": f"Grad-CAM: {args.gradcam_reduce} of the map"}
     for method in methods:
         plot_heatmap(regions.table(method), [o.name for o in outputs],
                      out / f"heatmap_{method}.png", f"{what[method]} per region, {count} faces")
