@@ -13,6 +13,7 @@ from benchmarks.study_explanations import (
     randomise_top_down,
     reinitialise,
 )
+from parsing.core.errors import InputError
 from parsing.core.labels import FSE25
 from recognition.backbones import create_backbone
 
@@ -74,7 +75,8 @@ def test_demo_report_tables_links_and_missing_outputs(tmp_path, capsys):
     assert demo_report.main(["--demo", str(tmp_path / "nowhere")]) == 2
 
 
-@pytest.mark.parametrize("module", ["study_explanations", "study_augmentation", "study_parsing"])
+@pytest.mark.parametrize("module", ["study_explanations", "study_augmentation", "study_parsing",
+                                    "study_attributes"])
 def test_study_commands_refuse_bad_options(module, capsys):
     import importlib
     main = importlib.import_module(f"benchmarks.{module}").main
@@ -89,3 +91,52 @@ def test_cached_synthetic_set_is_not_reused_across_generator_code(tmp_path, monk
     assert studies.synth_set(tmp_path, 2, 1, 0) == first
     monkeypatch.setattr(studies, "generator_version", lambda: "other code")
     assert studies.synth_set(tmp_path, 2, 1, 0) != first
+
+
+def _attribute_runs(data):
+    from recognition.attributes.training import AttributeConfig, AttributeTrainer
+
+    return [dict(config_class=AttributeConfig, trainer_class=AttributeTrainer,
+                 command="recognition.attributes.train", rec=f"synth:{data}", network="tiny_cnn",
+                 imports=["tests.recog_helpers"], embedding_size=8, batch_size=4, lr=0.05,
+                 num_epoch=1, image_size=112, aug=aug, seed=seed, num_workers=0,
+                 frequent=1000, verbose=10**9)
+            for seed, aug in ((0, "none"), (1, "fserasing"))]
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_models_trained_two_at_a_time_equal_those_trained_one_at_a_time(tmp_path):
+    data = studies.synth_set(tmp_path, 6, 4, 0)
+    parallel = studies.train_recognizers(tmp_path / "parallel", _attribute_runs(data), jobs=2)
+    serial = studies.train_recognizers(tmp_path / "serial", _attribute_runs(data), jobs=1)
+    assert [p.name for p, _ in parallel] == [p.name for p, _ in serial]  # same config hashes
+    for (a, _), (b, _) in zip(parallel, serial, strict=True):
+        wa = torch.load(a / "model.pt", weights_only=True)
+        wb = torch.load(b / "model.pt", weights_only=True)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert parallel[0][0].name != parallel[1][0].name
+    with pytest.raises(InputError, match="--jobs must be >= 1"):
+        studies.train_recognizers(tmp_path, [], jobs=0)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_attribute_study_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    import tests.recog_helpers  # noqa: F401 - registers tiny_cnn in this process
+    from benchmarks.study_attributes import EXPLAINED, EXPLANATIONS, main
+
+    out = tmp_path / "study"
+    assert main(["--out", str(out), "--seeds", "2", "--identities", "10", "--per-identity", "4",
+                 "--epochs", "1", "--network", "tiny_cnn", "--batch-size", "4",
+                 "--explain", "8"]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["data"]["test_faces"] == 8 and summary["seeds"] == 2
+    assert set(summary["fserasing_minus_none"]) == {"mean_accuracy", "mean_balanced_accuracy",
+                                                    "expression_accuracy"}
+    for arm in ("none", "fserasing"):
+        assert set(summary["arms"][arm]["hit_rate"]) == set(EXPLANATIONS)
+    chance = summary["chance_hit_rate"]
+    assert set(chance) == set(EXPLAINED)
+    assert all(0 < v < 1 for v in chance.values() if v == v)
+    assert "random region (chance)" in capsys.readouterr().out
+    assert {p.name for p in out.glob("heatmap_*.png")} == {f"heatmap_{e}.png"
+                                                          for e in EXPLANATIONS}
