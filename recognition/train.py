@@ -28,7 +28,7 @@ from parsing.core.cli import (
 from parsing.core.errors import InputError
 from parsing.core.paths import data_path, output_dir
 from parsing.core.training import teardown_distributed
-from recognition.training.config import TrainConfig, load_config
+from recognition.training.config import ImageTrainConfig, TrainConfig, load_config
 from recognition.training.trainer import Trainer
 
 
@@ -121,13 +121,14 @@ def add_training_arguments(ap: ArgumentParser, data_help: str) -> None:
       help="--resume although the images differ from the run's (same identity count)")
 
 
-def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig
-                     ) -> tuple[TrainConfig, Path | None]:
+def config_from_args(args: argparse.Namespace, config_class: type[ImageTrainConfig] = TrainConfig
+                     ) -> tuple[ImageTrainConfig, Path | None]:
     """Merge config file, checkpoint config (``--resume``) and flags; flags win."""
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("config", "resume", "margins", "aug_p", "n_erase", "aug_options",
                               "bf16", "overwrite", "allow_data_change")}
-    overrides["margin_list"] = _parse_list(getattr(args, "margins", None))
+    if hasattr(args, "margins"):  # recognizers only
+        overrides["margin_list"] = _parse_list(args.margins)
     for key in [k for k in overrides if k.endswith("_kwargs")]:  # --network-kwargs JSON, ...
         overrides[key] = _parse_json(overrides[key], "--" + key.replace("_", "-"))
     if args.bf16:
@@ -172,13 +173,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(build_arg_parser().parse_args(argv))
 
 
-def run(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig,
+def run(args: argparse.Namespace, config_class: type[ImageTrainConfig] = TrainConfig,
         trainer_class: type[Trainer] = Trainer) -> None:
     """A training command's body: config from the flags, run folder checks, train, summary."""
     cfg, resume = config_from_args(args, config_class)
     if resume is None:
         inputs = {"--data": data_path(cfg.rec), "--masks": data_path(cfg.masks),
-                  "--val": [data_path(v) for v in cfg.val_targets], "--config": args.config}
+                  "--val": [data_path(v) for v in getattr(cfg, "val_targets", [])],
+                  "--config": args.config}
         if (Path(cfg.output) / "checkpoint.pt").is_file() and not args.overwrite:
             raise InputError(f"{cfg.output} already holds a run: continue it with --resume "
                              f"{cfg.output}, start over with --overwrite, or give another --out")

@@ -267,3 +267,14 @@ def test_gradcam_per_region_is_a_share_or_a_mean():
     assert mean[4:].isnan().all() and share[4:].isnan().all()  # absent regions
     with pytest.raises(InputError, match="gradcam_reduce must be 'share' or 'mean'"):
         region_scores("gradcam", explainer, images, labels, 0, "max")
+
+
+def test_attribute_configs_have_no_recognizer_fields(tmp_path):
+    fields = set(AttributeConfig().to_dict())
+    assert not fields & {"margin_list", "loss", "sample_rate", "num_classes", "val_targets",
+                         "interclass_filtering_threshold"}
+    assert {"attention", "val_split", "aug", "network", "lr"} <= fields
+    config = tmp_path / "attr.yaml"
+    config.write_text("margin_list: [1.0, 0.5, 0.0]\n")
+    with pytest.raises(InputError, match="unknown config field.*margin_list"):
+        load_config(config, AttributeConfig)

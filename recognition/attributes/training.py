@@ -8,9 +8,10 @@ cross-entropy over the attributes plus ``expression_weight`` x cross-entropy ove
 expressions, and the mean accuracy, mean balanced accuracy and expression accuracy of the
 ``val_split`` of the same data set at each validation.
 
-The config is :class:`AttributeConfig`: ``TrainConfig``'s fields (``rec`` is a ``KIND:PATH``
-spec of :mod:`recognition.attributes.data`; the margin-loss fields are not used) plus the
-attention block, an optional backbone checkpoint and the validation split.
+The config is :class:`AttributeConfig`: ``ImageTrainConfig``'s fields (``rec`` is a
+``KIND:PATH`` spec of :mod:`recognition.attributes.data`) plus the attention block, an optional
+backbone checkpoint and the validation split; a recognizer's margin-loss and PartialFC fields
+are not among them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from recognition.attributes.models import (
     list_attentions,
     model_info,
 )
-from recognition.training.config import TrainConfig
+from recognition.training.config import ImageTrainConfig
 from recognition.training.trainer import Trainer
 
 __all__ = ["AttributeConfig", "AttributeTrainer"]
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AttributeConfig(TrainConfig):
-    """``TrainConfig`` plus what an attribute model needs (``rec``: ``KIND:PATH``)."""
+class AttributeConfig(ImageTrainConfig):
+    """``ImageTrainConfig`` plus what an attribute model needs (``rec``: ``KIND:PATH``)."""
 
     attention: str | None = None  #: channel attention block: gc | se | None ("none")
     attention_kwargs: dict[str, Any] = field(default_factory=dict)  #: e.g. {"reduction": 8}

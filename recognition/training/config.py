@@ -21,7 +21,7 @@ from parsing.core.config import Config
 from parsing.core.config import load_config as load_dataclass
 from parsing.core.errors import InputError
 
-__all__ = ["LOSS_MARGINS", "TrainConfig", "load_config"]
+__all__ = ["LOSS_MARGINS", "ImageTrainConfig", "TrainConfig", "load_config"]
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,15 @@ _IGNORED_INSIGHTFACE_KEYS = {
 
 
 @dataclass
-class TrainConfig(Config):
-    """Everything a training run depends on (saved in the run folder and the checkpoint)."""
+class ImageTrainConfig(Config):
+    """What every image trainer on :class:`recognition.training.trainer.Trainer` depends on
+    (saved in the run folder and the checkpoint): data, backbone, augmentation, optimisation,
+    devices. :class:`TrainConfig` adds the recognizer's margin loss and PartialFC head."""
 
     # -- insightface arcface_torch names --
     rec: str = ""  #: training data: ImageFolder, folder with train.rec, or parsing.synth folder
     network: str = "iresnet34"
-    margin_list: tuple[float, float, float] | None = None  #: (m1, m2, m3); default from loss
     embedding_size: int = 512
-    sample_rate: float = 1.0  #: PartialFC: fraction of class centres per step (1 = all)
-    interclass_filtering_threshold: float = 0.0
-    num_classes: int | None = None  #: default: from the data
     fp16: bool = False  #: mixed precision on CUDA (see amp_dtype)
     batch_size: int = 128  #: per process
     optimizer: str = "sgd"
@@ -58,12 +56,10 @@ class TrainConfig(Config):
     seed: int = 2048
     num_workers: int = 2
     frequent: int = 10  #: log every this many steps
-    verbose: int = 2000  #: verify every this many steps (and at the end)
-    val_targets: list[str] = field(default_factory=list)  #: .bin paths or synth:DIR
+    verbose: int = 2000  #: validate every this many steps (and at the end)
     output: str = "runs/train"
     resume: bool = False
     # -- ours --
-    loss: str = "arcface"  #: arcface | cosface | combined (combined: margin_list as given)
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  #: modules to import (custom backbones)
     aug: str = "none"  #: fserasing.augment name: none | fserasing | random-erasing | cutout
@@ -81,32 +77,12 @@ class TrainConfig(Config):
     device: str | None = None  #: default: cuda:LOCAL_RANK if available, else cpu
     image_size: int = 112
 
-    @property
-    def margins(self) -> tuple[float, float, float]:
-        return tuple(self.margin_list) if self.margin_list is not None else LOSS_MARGINS[
-            self.loss]
-
     def validate(self) -> None:
         """Raise InputError naming the first bad field (numbers are coerced before)."""
-        if self.loss not in (*LOSS_MARGINS, "combined"):
-            raise InputError(f"loss must be arcface, cosface or combined, got {self.loss!r}")
-        if self.margin_list is not None:
-            m = tuple(float(v) for v in self.margin_list)
-            if len(m) != 3:
-                raise InputError(f"margin_list needs three values m1,m2,m3, got {m}")
-            self.margin_list = m
-            if self.loss == "arcface" and (m[0] != 1.0 or m[2] != 0.0):
-                raise InputError(f"margins {m} are not ArcFace (1, m2, 0); use loss: combined")
-            if self.loss == "cosface" and (m[0] != 1.0 or m[1] != 0.0):
-                raise InputError(f"margins {m} are not CosFace (1, 0, m3); use loss: combined")
-        elif self.loss == "combined":
-            raise InputError("loss 'combined' needs margin_list (--margins m1,m2,m3)")
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.amp_dtype not in ("float16", "bfloat16"):
             raise InputError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise InputError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.gradient_acc != 1:
             raise InputError("gradient_acc other than 1 is not supported")
         for name in ("batch_size", "num_epoch", "embedding_size", "frequent", "verbose"):
@@ -121,9 +97,6 @@ class TrainConfig(Config):
         for name in ("momentum", "weight_decay", "clip_grad_norm"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise InputError(f"{name} must be a number >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.interclass_filtering_threshold < 1.0:
-            raise InputError("interclass_filtering_threshold must be in [0, 1), got "
-                             f"{self.interclass_filtering_threshold}")
         if self.image_size < 16:
             raise InputError(f"image_size must be >= 16, got {self.image_size}")
         if self.device is not None:
@@ -139,10 +112,52 @@ class TrainConfig(Config):
         return dict(options) if isinstance(options, dict) else {}
 
 
+@dataclass
+class TrainConfig(ImageTrainConfig):
+    """A recognizer's training run: :class:`ImageTrainConfig` plus the margin loss, the
+    PartialFC head and the verification sets validated on."""
+
+    # -- insightface arcface_torch names --
+    margin_list: tuple[float, float, float] | None = None  #: (m1, m2, m3); default from loss
+    sample_rate: float = 1.0  #: PartialFC: fraction of class centres per step (1 = all)
+    interclass_filtering_threshold: float = 0.0
+    num_classes: int | None = None  #: default: from the data
+    val_targets: list[str] = field(default_factory=list)  #: .bin paths or synth:DIR
+    # -- ours --
+    loss: str = "arcface"  #: arcface | cosface | combined (combined: margin_list as given)
+
+    @property
+    def margins(self) -> tuple[float, float, float]:
+        return tuple(self.margin_list) if self.margin_list is not None else LOSS_MARGINS[
+            self.loss]
+
+    def validate(self) -> None:
+        if self.loss not in (*LOSS_MARGINS, "combined"):
+            raise InputError(f"loss must be arcface, cosface or combined, got {self.loss!r}")
+        if self.margin_list is not None:
+            m = tuple(float(v) for v in self.margin_list)
+            if len(m) != 3:
+                raise InputError(f"margin_list needs three values m1,m2,m3, got {m}")
+            self.margin_list = m
+            if self.loss == "arcface" and (m[0] != 1.0 or m[2] != 0.0):
+                raise InputError(f"margins {m} are not ArcFace (1, m2, 0); use loss: combined")
+            if self.loss == "cosface" and (m[0] != 1.0 or m[1] != 0.0):
+                raise InputError(f"margins {m} are not CosFace (1, 0, m3); use loss: combined")
+        elif self.loss == "combined":
+            raise InputError("loss 'combined' needs margin_list (--margins m1,m2,m3)")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise InputError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if not 0.0 <= self.interclass_filtering_threshold < 1.0:
+            raise InputError("interclass_filtering_threshold must be in [0, 1), got "
+                             f"{self.interclass_filtering_threshold}")
+        super().validate()
+
+
 def load_config(path: str | os.PathLike | None = None,
-                config_class: type[TrainConfig] = TrainConfig, **overrides: Any) -> TrainConfig:
-    """A TrainConfig (or a subclass: ``config_class``) from a YAML file (insightface field
-    names) with ``overrides`` on top.
+                config_class: type[ImageTrainConfig] = TrainConfig, **overrides: Any
+                ) -> ImageTrainConfig:
+    """A TrainConfig (or another ``config_class``, e.g. an attribute model's) from a YAML file
+    (insightface field names) with ``overrides`` on top.
 
     ``None`` overrides are ignored, so unset command-line flags keep the file's values.
     """

@@ -40,7 +40,7 @@ from recognition.backbones import create_backbone
 from recognition.data.datasets import FaceDataset, collate_faces, open_dataset
 from recognition.evaluation.validation import VerificationSet
 from recognition.losses import CombinedMarginLoss, PartialFC
-from recognition.training.config import TrainConfig
+from recognition.training.config import ImageTrainConfig, TrainConfig
 
 __all__ = ["Trainer", "init_class_centres"]
 
@@ -74,7 +74,7 @@ class Trainer(BaseTrainer):
     collate_fn = staticmethod(collate_faces)
     cfg: TrainConfig
 
-    def __init__(self, cfg: TrainConfig, resume_from: str | os.PathLike | None = None,
+    def __init__(self, cfg: ImageTrainConfig, resume_from: str | os.PathLike | None = None,
                  overwrite: bool = False, allow_data_change: bool = False) -> None:
         import_plugins(cfg.imports)
         # before the data: says whether masks are needed, and checks the options early
