@@ -1,6 +1,7 @@
 """Does FSErasing help a facial-attribute model, and does the model look where the attribute is?
 
-    OMP_NUM_THREADS=1 python -m benchmarks.study_attributes --out runs/study_attributes --jobs 2
+    OMP_NUM_THREADS=2 python -m benchmarks.study_attributes --out runs/study_attributes \\
+        --seeds 5 --jobs 2        # the RESULTS.md run: trainings 1 thread each, explanations 2
 
 Ground truth: synthetic faces (``parsing.synth``, 112 px) whose 11 CelebA-named attributes and
 3-class expression are known exactly (:mod:`parsing.synth.attributes`); identity-disjoint

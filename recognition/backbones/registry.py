@@ -33,8 +33,9 @@ def require_backbone(name: str, imports: list[str], source: str) -> None:
     """A :class:`MissingDependencyError` saying which ``--import`` to give when ``name`` is not
     a known backbone but the run that made ``source`` (a ``model.json``) imported ``imports``."""
     if imports and not name.startswith(TIMM_PREFIX) and _ALIASES.get(name, name) not in _BACKBONES:
-        raise MissingDependencyError(f"{source}: backbone {name!r} was registered by the run's "
-                         f"--import {' --import '.join(imports)}; give the same --import")
+        raise MissingDependencyError(
+            f"{source}: backbone {name!r} was registered by the run's --import "
+            f"{' --import '.join(imports)}; give the same --import")
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
